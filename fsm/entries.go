@@ -1,0 +1,175 @@
+package fsm
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/gantryhq/gantry/api"
+)
+
+// EntryType is the first byte of every Raft log entry gantry writes. The list
+// is append-only: never renumber or reuse a value, because old logs and
+// snapshots must keep decoding the same way.
+type EntryType uint8
+
+// The entry types.
+const (
+	_            EntryType = iota // 0 is never written: it catches zeroed data
+	EntrySubmit                   // 1: new tasks
+	EntryAssign                   // 2: attempts given to workers
+	EntryResult                   // 3: attempts finished by workers
+	EntryRequeue                  // 4: attempts taken back from lost workers
+	EntryCancel                   // 5: a task canceled
+	EntryGC                       // 6: old terminal tasks forgotten
+)
+
+func (t EntryType) String() string {
+	switch t {
+	case EntrySubmit:
+		return "submit"
+	case EntryAssign:
+		return "assign"
+	case EntryResult:
+		return "result"
+	case EntryRequeue:
+		return "requeue"
+	case EntryCancel:
+		return "cancel"
+	case EntryGC:
+		return "gc"
+	}
+	return fmt.Sprintf("entry(%d)", uint8(t))
+}
+
+// Entry is one command in the Raft log. Every field a command needs,
+// timestamps included, is chosen by the leader before it is proposed, so
+// applying it is deterministic.
+type Entry interface {
+	Type() EntryType
+}
+
+// SubmitEntry adds tasks. The state machine numbers them; a spec whose
+// idempotency key is already known yields the existing task instead.
+// Specs are normalized and validated before they are proposed.
+type SubmitEntry struct {
+	At    time.Time      `json:"at"`
+	Tasks []api.TaskSpec `json:"tasks"`
+}
+
+// Assignment gives attempt Attempt of a pending task to Worker.
+type Assignment struct {
+	TaskID  string `json:"task_id"`
+	Attempt int    `json:"attempt"`
+	Worker  string `json:"worker"`
+}
+
+// AssignEntry starts attempts on workers. An assignment whose task is not
+// pending, not yet due, or whose attempt is not the next one is refused.
+type AssignEntry struct {
+	At          time.Time    `json:"at"`
+	Assignments []Assignment `json:"assignments"`
+}
+
+// ResultEntry records finished attempts. BackoffBase is the leader's retry
+// backoff base, carried in the entry so every replica computes the same
+// retry time.
+type ResultEntry struct {
+	At          time.Time           `json:"at"`
+	BackoffBase time.Duration       `json:"backoff_base"`
+	Results     []api.AttemptResult `json:"results"`
+}
+
+// RequeueEntry takes running attempts back: their worker is lost
+// (OutcomeLost, counted towards poison) or never received them
+// (OutcomeUndelivered, not counted).
+type RequeueEntry struct {
+	At       time.Time        `json:"at"`
+	Outcome  api.Outcome      `json:"outcome"`
+	Reason   string           `json:"reason"`
+	Attempts []api.AttemptRef `json:"attempts"`
+}
+
+// CancelEntry cancels one task.
+type CancelEntry struct {
+	At     time.Time `json:"at"`
+	TaskID string    `json:"task_id"`
+}
+
+// GCEntry forgets up to Limit terminal tasks that finished before Before,
+// oldest first, together with their idempotency keys.
+type GCEntry struct {
+	At     time.Time `json:"at"`
+	Before time.Time `json:"before"`
+	Limit  int       `json:"limit"`
+}
+
+// Type implements Entry.
+func (*SubmitEntry) Type() EntryType { return EntrySubmit }
+
+// Type implements Entry.
+func (*AssignEntry) Type() EntryType { return EntryAssign }
+
+// Type implements Entry.
+func (*ResultEntry) Type() EntryType { return EntryResult }
+
+// Type implements Entry.
+func (*RequeueEntry) Type() EntryType { return EntryRequeue }
+
+// Type implements Entry.
+func (*CancelEntry) Type() EntryType { return EntryCancel }
+
+// Type implements Entry.
+func (*GCEntry) Type() EntryType { return EntryGC }
+
+// Encode returns the log bytes of e: its type byte followed by its JSON body.
+func Encode(e Entry) ([]byte, error) {
+	var buf bytes.Buffer
+	buf.WriteByte(byte(e.Type()))
+	if err := json.NewEncoder(&buf).Encode(e); err != nil {
+		return nil, fmt.Errorf("encode %s entry: %w", e.Type(), err)
+	}
+	return buf.Bytes(), nil
+}
+
+// ErrCorruptEntry is wrapped by every Decode failure.
+var ErrCorruptEntry = errors.New("corrupt log entry")
+
+// Decode parses log bytes written by Encode. It never panics; any input that
+// is not a well-formed entry of a known type returns an error wrapping
+// ErrCorruptEntry.
+func Decode(b []byte) (Entry, error) {
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%w: empty", ErrCorruptEntry)
+	}
+	var e Entry
+	switch EntryType(b[0]) {
+	case EntrySubmit:
+		e = &SubmitEntry{}
+	case EntryAssign:
+		e = &AssignEntry{}
+	case EntryResult:
+		e = &ResultEntry{}
+	case EntryRequeue:
+		e = &RequeueEntry{}
+	case EntryCancel:
+		e = &CancelEntry{}
+	case EntryGC:
+		e = &GCEntry{}
+	default:
+		return nil, fmt.Errorf("%w: unknown type %d", ErrCorruptEntry, b[0])
+	}
+	dec := json.NewDecoder(bytes.NewReader(b[1:]))
+	if err := dec.Decode(e); err != nil {
+		return nil, fmt.Errorf("%w: %s body: %v", ErrCorruptEntry, e.Type(), err)
+	}
+	// Only whitespace may follow the body. (dec.More would let a stray
+	// closing '}' or ']' through.)
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: %s body: trailing data", ErrCorruptEntry, e.Type())
+	}
+	return e, nil
+}

@@ -1,0 +1,327 @@
+package master
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/gantryhq/gantry/api"
+	"github.com/gantryhq/gantry/fsm"
+	"github.com/gantryhq/gantry/membership"
+	"github.com/gantryhq/gantry/transport"
+	"github.com/hashicorp/raft"
+)
+
+var _ transport.Master = (*Master)(nil)
+
+// Leader implements transport.Master: the established leader, if known.
+// This node counts as leader only once its Barrier has completed.
+func (m *Master) Leader() (transport.LeaderInfo, bool) {
+	if m.raft == nil {
+		return transport.LeaderInfo{}, false
+	}
+	_, id := m.raft.LeaderWithID()
+	if id == "" {
+		return transport.LeaderInfo{}, false
+	}
+	if string(id) == m.cfg.ID {
+		if m.leading() == nil {
+			return transport.LeaderInfo{}, false
+		}
+		return transport.LeaderInfo{ID: m.cfg.ID, HTTP: m.cfg.HTTPAdvertise, Self: true}, true
+	}
+	if mb, ok := m.masterMember(string(id)); ok {
+		return transport.LeaderInfo{ID: string(id), HTTP: mb.HTTP}, true
+	}
+	return transport.LeaderInfo{}, false
+}
+
+// masterMember returns the newest live gossip member of the master with id.
+func (m *Master) masterMember(id string) (membership.Member, bool) {
+	var best membership.Member
+	found := false
+	for _, mb := range m.gossip.Members() {
+		if mb.Role != membership.RoleMaster || mb.ID != id || mb.HTTP == "" {
+			continue
+		}
+		if mb.State != membership.StateAlive && mb.State != membership.StateSuspect {
+			continue
+		}
+		if !found || mb.Started > best.Started {
+			best, found = mb, true
+		}
+	}
+	return best, found
+}
+
+// AwaitLeader implements transport.Master.
+func (m *Master) AwaitLeader(ctx context.Context) (transport.LeaderInfo, error) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if li, ok := m.Leader(); ok {
+			return li, nil
+		}
+		select {
+		case <-ctx.Done():
+			return transport.LeaderInfo{}, api.Unavailablef(api.CodeNoLeader, "no leader known")
+		case <-m.stop:
+			return transport.LeaderInfo{}, api.Unavailablef(api.CodeUnavailable, "this master is shutting down")
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Master) notLeader() error {
+	return api.Unavailablef(api.CodeNotLeader, "master %s is not the leader", m.cfg.ID)
+}
+
+// Submit implements transport.Master.
+func (m *Master) Submit(ctx context.Context, specs []api.TaskSpec) ([]api.SubmitResult, error) {
+	if m.leading() == nil {
+		return nil, m.notLeader()
+	}
+	for i := range specs {
+		if err := specs[i].Normalize(""); err != nil {
+			return nil, err
+		}
+	}
+	// Fast path: every key is known already (a client retrying); no write.
+	out := make([]api.SubmitResult, len(specs))
+	known := true
+	for i, s := range specs {
+		id, ok := "", false
+		if s.IdempotencyKey != "" {
+			id, ok = m.fsm.LookupKey(s.IdempotencyKey)
+		}
+		if !ok {
+			known = false
+			break
+		}
+		t, ok := m.fsm.Get(id)
+		if !ok {
+			known = false
+			break
+		}
+		out[i] = api.SubmitResult{Task: t, Existing: true}
+	}
+	if known {
+		return out, nil
+	}
+	res, err := m.submits.do(ctx, specs)
+	if err != nil {
+		return nil, err
+	}
+	for i, r := range res {
+		t, ok := m.fsm.Get(r.ID)
+		if !ok {
+			// Forgotten already (only with a tiny retention); report what
+			// was committed.
+			t = api.Task{ID: r.ID, State: api.StatePending}
+		}
+		out[i] = api.SubmitResult{Task: t, Existing: r.Existing}
+	}
+	return out, nil
+}
+
+// verifyRead makes a read linearizable: this node must be the established
+// leader and still hold a quorum.
+func (m *Master) verifyRead(linearizable bool) error {
+	if !linearizable {
+		return nil
+	}
+	if m.leading() == nil {
+		return m.notLeader()
+	}
+	if err := m.raft.VerifyLeader().Error(); err != nil {
+		return raftError(err)
+	}
+	return nil
+}
+
+// Task implements transport.Master.
+func (m *Master) Task(ctx context.Context, id string, linearizable bool) (api.Task, error) {
+	if err := m.verifyRead(linearizable); err != nil {
+		return api.Task{}, err
+	}
+	t, ok := m.fsm.Get(id)
+	if !ok {
+		return api.Task{}, api.NotFoundf("task %s not found", id)
+	}
+	return t, nil
+}
+
+// WaitTask implements transport.Master.
+func (m *Master) WaitTask(ctx context.Context, id string, wait time.Duration, linearizable bool) (api.Task, error) {
+	if err := m.verifyRead(linearizable); err != nil {
+		return api.Task{}, err
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		t, ch, ok := m.fsm.WatchTask(id)
+		if !ok {
+			return api.Task{}, api.NotFoundf("task %s not found", id)
+		}
+		if ch == nil {
+			return t, nil
+		}
+		select {
+		case <-ch:
+			continue
+		case <-timer.C:
+			m.fsm.UnwatchTask(id, ch)
+			return t, nil
+		case <-ctx.Done():
+			m.fsm.UnwatchTask(id, ch)
+			return t, ctx.Err()
+		case <-m.stop:
+			m.fsm.UnwatchTask(id, ch)
+			return t, nil
+		}
+	}
+}
+
+// ListTasks implements transport.Master.
+func (m *Master) ListTasks(ctx context.Context, f api.ListFilter, linearizable bool) (api.TaskList, error) {
+	if err := m.verifyRead(linearizable); err != nil {
+		return api.TaskList{}, err
+	}
+	return m.fsm.List(f)
+}
+
+// Cancel implements transport.Master. A running attempt's worker is told to
+// stop it after the cancel is committed.
+func (m *Master) Cancel(ctx context.Context, id string) (api.Task, error) {
+	ls := m.leading()
+	if ls == nil {
+		return api.Task{}, m.notLeader()
+	}
+	resp, err := m.apply(&fsm.CancelEntry{At: now(), TaskID: id})
+	if err != nil {
+		return api.Task{}, err
+	}
+	cr := resp.(*fsm.CancelResponse)
+	if cr.Err != nil {
+		return api.Task{}, cr.Err
+	}
+	if cr.Running != nil {
+		ls.detect.stopAttempt(cr.Worker, *cr.Running)
+	}
+	t, _ := m.fsm.Get(id)
+	return t, nil
+}
+
+// ReportResults implements transport.Master.
+func (m *Master) ReportResults(ctx context.Context, results []api.AttemptResult) ([]error, error) {
+	if m.leading() == nil {
+		return nil, m.notLeader()
+	}
+	for i := range results {
+		if err := results[i].Validate(); err != nil {
+			return nil, err
+		}
+	}
+	return m.results.do(ctx, results)
+}
+
+// Self implements transport.Master.
+func (m *Master) Self() api.NodeStatus {
+	st := api.NodeStatus{ID: m.cfg.ID, Role: "unknown", Version: m.cfg.Version}
+	if m.raft == nil {
+		return st
+	}
+	st.AppliedIndex = m.raft.AppliedIndex()
+	st.Role = roleName(m.raft.State())
+	_, lid := m.raft.LeaderWithID()
+	st.Leader = string(lid)
+	st.Term = m.raft.CurrentTerm()
+	st.CommitIndex = m.raft.CommitIndex()
+	st.LastIndex = m.raft.LastIndex()
+	return st
+}
+
+func roleName(s raft.RaftState) string {
+	switch s {
+	case raft.Leader:
+		return "leader"
+	case raft.Follower:
+		return "follower"
+	case raft.Candidate:
+		return "candidate"
+	}
+	return "shutdown"
+}
+
+// Ready implements transport.Master.
+func (m *Master) Ready() error {
+	if m.raft == nil {
+		return api.Unavailablef(api.CodeUnavailable, "not started")
+	}
+	_, lid := m.raft.LeaderWithID()
+	if lid == "" {
+		return api.Unavailablef(api.CodeNoLeader, "no leader known")
+	}
+	if string(lid) == m.cfg.ID && m.leading() == nil {
+		return api.Unavailablef(api.CodeNoLeader, "leader %s is still applying its log", lid)
+	}
+	applied, commit := m.raft.AppliedIndex(), m.raft.CommitIndex()
+	if applied < commit {
+		return api.Unavailablef(api.CodeUnavailable, "catching up: applied %d of %d", applied, commit)
+	}
+	return nil
+}
+
+// Cluster implements transport.Master. The leader asks every master about
+// itself (briefly) to fill roles and applied indexes.
+func (m *Master) Cluster(ctx context.Context, linearizable bool) (api.ClusterStatus, error) {
+	if err := m.verifyRead(linearizable); err != nil {
+		return api.ClusterStatus{}, err
+	}
+	st := api.ClusterStatus{Tasks: m.fsm.Counts(), StaleResults: m.fsm.StaleResults(), Term: m.raft.CurrentTerm()}
+	_, lid := m.raft.LeaderWithID()
+	st.Leader = string(lid)
+
+	cf := m.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return st, raftError(err)
+	}
+	servers := cf.Configuration().Servers
+	st.Masters = make([]api.MasterStatus, len(servers))
+	var wg sync.WaitGroup
+	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	for i, srv := range servers {
+		ms := api.MasterStatus{ID: string(srv.ID), RaftAddr: string(srv.Address), Voter: srv.Suffrage == raft.Voter, Role: "unknown"}
+		if string(srv.ID) == m.cfg.ID {
+			self := m.Self()
+			ms.HTTPAddr, ms.Role, ms.AppliedIndex = m.cfg.HTTPAdvertise, self.Role, self.AppliedIndex
+			st.Masters[i] = ms
+			continue
+		}
+		if mb, ok := m.masterMember(string(srv.ID)); ok {
+			ms.HTTPAddr = mb.HTTP
+			wg.Add(1)
+			go func(i int, ms api.MasterStatus) {
+				defer wg.Done()
+				if ns, err := m.peers.SelfAt(qctx, ms.HTTPAddr); err == nil && ns.ID == ms.ID {
+					ms.Role, ms.AppliedIndex = ns.Role, ns.AppliedIndex
+				}
+				st.Masters[i] = ms
+			}(i, ms)
+			continue
+		}
+		st.Masters[i] = ms
+	}
+	wg.Wait()
+
+	running := m.fsm.RunningCounts()
+	for _, w := range m.workerViews() {
+		st.Workers = append(st.Workers, api.WorkerStatus{
+			ID: w.ID, HTTPAddr: w.HTTP, State: w.State, Slots: w.Slots, Running: running[w.ID], Draining: w.Draining,
+		})
+	}
+	sort.Slice(st.Workers, func(i, j int) bool { return st.Workers[i].ID < st.Workers[j].ID })
+	return st, nil
+}

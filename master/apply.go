@@ -1,0 +1,186 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/gantryhq/gantry/api"
+	"github.com/gantryhq/gantry/fsm"
+	"github.com/hashicorp/raft"
+)
+
+// now is the leader's clock for entry timestamps: UTC, no monotonic part.
+func now() time.Time { return time.Now().UTC() }
+
+// apply proposes one entry and waits until it is committed and applied,
+// returning the state machine's response.
+func (m *Master) apply(e fsm.Entry) (any, error) {
+	data, err := fsm.Encode(e)
+	if err != nil {
+		return nil, err
+	}
+	f := m.raft.Apply(data, m.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		return nil, raftError(err)
+	}
+	return f.Response(), nil
+}
+
+// raftError maps raft's errors to api errors that say whether the entry may
+// have been committed.
+func raftError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return api.Unavailablef(api.CodeNotLeader, "this master is not the leader (nothing was committed); retry")
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return api.Unavailablef(api.CodeUnavailable, "raft is overloaded (nothing was committed); retry")
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return api.Unavailablef(api.CodeUnavailable, "leadership was lost while committing: the outcome is unknown; retry with the same idempotency key")
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return api.Unavailablef(api.CodeUnavailable, "this master is shutting down; retry")
+	}
+	return api.Unavailablef(api.CodeUnavailable, "raft: %v", err)
+}
+
+// Batch sizes for coalesced proposals.
+const (
+	maxSubmitBatch = 1000 // specs per submit entry (one larger request still goes alone)
+	maxResultBatch = 256  // results per result entry
+	maxInflight    = 64   // proposals awaiting commit per batcher
+)
+
+// batcher coalesces concurrent requests into one raft entry (group commit at
+// the application level): while one entry is in flight, new requests queue
+// up and go out together in the next.
+type batcher[T, R any] struct {
+	m     *Master
+	max   int
+	build func(items []T) fsm.Entry
+	split func(resp any, n int) []R
+	ch    chan *batchReq[T, R]
+}
+
+type batchReq[T, R any] struct {
+	items []T
+	done  chan batchResp[R]
+}
+
+type batchResp[R any] struct {
+	results []R
+	err     error
+}
+
+func newBatcher[T, R any](m *Master, max int, build func([]T) fsm.Entry, split func(any, int) []R) *batcher[T, R] {
+	return &batcher[T, R]{m: m, max: max, build: build, split: split, ch: make(chan *batchReq[T, R], 1024)}
+}
+
+// do proposes items (in one entry, possibly with others' items) and returns
+// one response per item.
+func (b *batcher[T, R]) do(ctx context.Context, items []T) ([]R, error) {
+	req := &batchReq[T, R]{items: items, done: make(chan batchResp[R], 1)}
+	select {
+	case b.ch <- req:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-b.m.stop:
+		return nil, api.Unavailablef(api.CodeUnavailable, "this master is shutting down; retry")
+	}
+	select {
+	case r := <-req.done:
+		return r.results, r.err
+	case <-b.m.stop:
+		return nil, api.Unavailablef(api.CodeUnavailable, "this master is shutting down: the outcome is unknown; retry with the same idempotency key")
+	case <-ctx.Done():
+		return nil, api.Unavailablef(api.CodeUnavailable, "gave up waiting for the commit: the outcome is unknown; retry with the same idempotency key")
+	}
+}
+
+func (b *batcher[T, R]) run(stop chan struct{}, wg *sync.WaitGroup) {
+	defer wg.Done()
+	sem := make(chan struct{}, maxInflight)
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
+	for {
+		var first *batchReq[T, R]
+		select {
+		case <-stop:
+			return
+		case first = <-b.ch:
+		}
+		batch := []*batchReq[T, R]{first}
+		n := len(first.items)
+	collect:
+		for n < b.max {
+			select {
+			case r := <-b.ch:
+				batch = append(batch, r)
+				n += len(r.items)
+			default:
+				break collect
+			}
+		}
+		items := make([]T, 0, n)
+		for _, r := range batch {
+			items = append(items, r.items...)
+		}
+		data, err := fsm.Encode(b.build(items))
+		if err != nil {
+			for _, r := range batch {
+				r.done <- batchResp[R]{err: err}
+			}
+			continue
+		}
+		sem <- struct{}{}
+		f := b.m.raft.Apply(data, b.m.cfg.ApplyTimeout)
+		inflight.Add(1)
+		go func() {
+			defer inflight.Done()
+			defer func() { <-sem }()
+			if err := f.Error(); err != nil {
+				err = raftError(err)
+				for _, r := range batch {
+					r.done <- batchResp[R]{err: err}
+				}
+				return
+			}
+			all := b.split(f.Response(), len(items))
+			off := 0
+			for _, r := range batch {
+				r.done <- batchResp[R]{results: all[off : off+len(r.items)]}
+				off += len(r.items)
+			}
+		}()
+	}
+}
+
+type submitItem = api.TaskSpec
+
+func buildSubmit(items []submitItem) fsm.Entry {
+	return &fsm.SubmitEntry{At: now(), Tasks: items}
+}
+
+func splitSubmit(resp any, n int) []fsm.SubmitOutcome {
+	if r, ok := resp.(*fsm.SubmitResponse); ok && len(r.Results) == n {
+		return r.Results
+	}
+	return make([]fsm.SubmitOutcome, n) // unreachable: the FSM answers every spec
+}
+
+type resultItem = api.AttemptResult
+
+func (m *Master) buildResult(items []resultItem) fsm.Entry {
+	return &fsm.ResultEntry{At: now(), BackoffBase: m.cfg.RetryBackoff, Results: items}
+}
+
+func splitResult(resp any, n int) []error {
+	if r, ok := resp.(*fsm.ResultResponse); ok && len(r.Errors) == n {
+		return r.Errors
+	}
+	out := make([]error, n)
+	for i := range out {
+		out[i] = api.ErrInternal
+	}
+	return out
+}

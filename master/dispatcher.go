@@ -1,0 +1,259 @@
+package master
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/gantryhq/gantry/api"
+	"github.com/gantryhq/gantry/fsm"
+	"github.com/gantryhq/gantry/membership"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Dispatcher tuning.
+const (
+	dispatchIdle     = time.Second     // re-check at least this often
+	maxPushInflight  = 64              // concurrent pushes to workers
+	avoidAfterFail   = 2 * time.Second // a worker that failed a push gets no work for this long
+	pushRecordMaxAge = 2 * time.Minute // push bookkeeping is kept this long
+	maxAssignBatch   = 1024            // assignments per raft entry
+)
+
+// dispatcher runs on the leader: it matches ready tasks to live workers with
+// free slots, commits the assignments, then pushes them (commit first, push
+// second). A push that fails is requeued as undelivered.
+type dispatcher struct {
+	m   *Master
+	ls  *leaderState
+	log hclog.Logger
+
+	kick chan struct{} // capacity 1
+	sem  chan struct{} // bounds concurrent pushes
+
+	mu     sync.Mutex
+	pushes map[api.AttemptRef]time.Time // zero while the push is in flight, else when it ended
+	avoid  map[string]time.Time         // worker ID -> no new work before this time
+	lost   map[string]bool              // workers the detector declared lost until they answer again
+}
+
+func newDispatcher(m *Master, ls *leaderState) *dispatcher {
+	return &dispatcher{
+		m:      m,
+		ls:     ls,
+		log:    m.log.Named("dispatcher"),
+		kick:   make(chan struct{}, 1),
+		sem:    make(chan struct{}, maxPushInflight),
+		pushes: make(map[api.AttemptRef]time.Time),
+		avoid:  make(map[string]time.Time),
+		lost:   make(map[string]bool),
+	}
+}
+
+// poke asks for a dispatch round soon.
+func (d *dispatcher) poke() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dispatcher) run() {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-d.ls.ctx.Done():
+			return
+		case <-d.m.fsm.Changes():
+		case <-d.kick:
+		case <-timer.C:
+		}
+		wait := d.once()
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+type freeWorker struct {
+	id, http string
+	free     int
+	running  int
+}
+
+// once runs one dispatch round and returns how long to wait before the
+// next one absent any kick.
+func (d *dispatcher) once() time.Duration {
+	t0 := time.Now()
+	views := d.m.workerViews()
+	running := d.m.fsm.RunningCounts()
+	d.mu.Lock()
+	var ws []*freeWorker
+	total := 0
+	for _, v := range views {
+		if v.State != membership.StateAlive || v.Draining || d.lost[v.ID] || t0.Before(d.avoid[v.ID]) {
+			continue
+		}
+		if free := v.Slots - running[v.ID]; free > 0 {
+			ws = append(ws, &freeWorker{id: v.ID, http: v.HTTP, free: free, running: running[v.ID]})
+			total += free
+		}
+	}
+	d.mu.Unlock()
+	if total == 0 {
+		return dispatchIdle
+	}
+	if total > maxAssignBatch {
+		total = maxAssignBatch
+	}
+	tasks, next := d.m.fsm.Ready(t0, total)
+	if len(tasks) == 0 {
+		return untilOr(next, dispatchIdle)
+	}
+	sort.Slice(ws, func(i, j int) bool { return ws[i].id < ws[j].id })
+	entry := &fsm.AssignEntry{At: now()}
+	target := make([]*freeWorker, len(tasks))
+	for i, t := range tasks {
+		var best *freeWorker
+		for _, w := range ws {
+			if w.free > 0 && (best == nil || w.free > best.free) {
+				best = w
+			}
+		}
+		if best == nil {
+			tasks = tasks[:i]
+			break
+		}
+		best.free--
+		target[i] = best
+		entry.Assignments = append(entry.Assignments, fsm.Assignment{TaskID: t.ID, Attempt: t.Attempt + 1, Worker: best.id})
+	}
+	resp, err := d.m.apply(entry)
+	if err != nil {
+		if d.ls.ctx.Err() == nil {
+			d.log.Warn("assign failed", "error", err)
+		}
+		return 200 * time.Millisecond
+	}
+	accepted := resp.(*fsm.AssignResponse).Accepted
+	batches := make(map[*freeWorker][]api.Assignment)
+	d.mu.Lock()
+	for i, ok := range accepted {
+		if !ok {
+			continue
+		}
+		t, a := tasks[i], entry.Assignments[i]
+		d.pushes[api.AttemptRef{TaskID: a.TaskID, Attempt: a.Attempt}] = time.Time{}
+		batches[target[i]] = append(batches[target[i]], api.Assignment{
+			TaskID: t.ID, Attempt: a.Attempt, Type: t.Type, Args: t.Args, Env: t.Env, Payload: t.Payload, Timeout: t.Timeout,
+		})
+	}
+	d.mu.Unlock()
+	for w, batch := range batches {
+		d.sem <- struct{}{}
+		go func(w *freeWorker, batch []api.Assignment) {
+			defer func() { <-d.sem }()
+			d.push(w, batch)
+		}(w, batch)
+	}
+	if len(tasks) == total {
+		return 0 // there may be more
+	}
+	return untilOr(next, dispatchIdle)
+}
+
+// untilOr returns the time until next, or def when next is zero or later.
+func untilOr(next time.Time, def time.Duration) time.Duration {
+	if next.IsZero() {
+		return def
+	}
+	if d := time.Until(next); d < def {
+		if d < 0 {
+			return 0
+		}
+		return d
+	}
+	return def
+}
+
+// push sends one worker its attempts and requeues what it did not take.
+func (d *dispatcher) push(w *freeWorker, batch []api.Assignment) {
+	ctx, cancel := context.WithTimeout(d.ls.ctx, d.m.cfg.PushTimeout)
+	accepted, err := d.m.workers.Push(ctx, w.http, batch)
+	cancel()
+	end := time.Now()
+	var undelivered []api.AttemptRef
+	d.mu.Lock()
+	for i, a := range batch {
+		ref := api.AttemptRef{TaskID: a.TaskID, Attempt: a.Attempt}
+		d.pushes[ref] = end
+		if err != nil || !accepted[i] {
+			undelivered = append(undelivered, ref)
+		}
+	}
+	if err != nil {
+		d.avoid[w.id] = end.Add(avoidAfterFail)
+	}
+	d.mu.Unlock()
+	if len(undelivered) == 0 || d.ls.ctx.Err() != nil {
+		return // on leadership loss the next leader reconciles with the worker
+	}
+	reason := "worker " + w.id + " refused the attempt"
+	if err != nil {
+		reason = "push to worker " + w.id + " failed: " + err.Error()
+	}
+	d.log.Warn("attempts not delivered; requeuing", "worker", w.id, "count", len(undelivered), "error", err)
+	if _, rerr := d.m.apply(&fsm.RequeueEntry{At: now(), Outcome: api.OutcomeUndelivered, Reason: truncate(reason, 512), Attempts: undelivered}); rerr != nil && d.ls.ctx.Err() == nil {
+		d.log.Warn("requeue of undelivered attempts failed; the detector will retry", "error", rerr)
+	}
+}
+
+// deliveredBefore reports whether the push of ref, if this leader made it,
+// ended before t: only then may a worker's not holding it mean it is lost.
+func (d *dispatcher) deliveredBefore(ref api.AttemptRef, t time.Time) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	end, ok := d.pushes[ref]
+	if !ok {
+		return true // pushed by an earlier leader, before this one began
+	}
+	return !end.IsZero() && end.Before(t)
+}
+
+// setLost marks a worker lost (no new work) or found again.
+func (d *dispatcher) setLost(id string, lost bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if lost {
+		d.lost[id] = true
+	} else if d.lost[id] {
+		delete(d.lost, id)
+		delete(d.avoid, id)
+		d.poke()
+	}
+}
+
+// prune drops push bookkeeping of attempts no longer running.
+func (d *dispatcher) prune(running map[api.AttemptRef]bool) {
+	cutoff := time.Now().Add(-pushRecordMaxAge)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for ref, end := range d.pushes {
+		if !end.IsZero() && (!running[ref] || end.Before(cutoff)) {
+			delete(d.pushes, ref)
+		}
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

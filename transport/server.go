@@ -1,0 +1,466 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gantryhq/gantry/api"
+	"github.com/hashicorp/go-hclog"
+)
+
+// LeaderInfo names the current leader.
+type LeaderInfo struct {
+	ID   string // raft ID
+	HTTP string // base URL of its HTTP API
+	Self bool   // the leader is this master
+}
+
+// Master is what the HTTP server needs from a master node. Leader-only
+// methods return api.ErrNotLeader on a follower; the server forwards those
+// requests to the leader before calling them.
+type Master interface {
+	// ID returns this master's raft ID.
+	ID() string
+	// Leader returns the current established leader, if one is known.
+	Leader() (LeaderInfo, bool)
+	// AwaitLeader blocks until a leader is known or ctx ends.
+	AwaitLeader(ctx context.Context) (LeaderInfo, error)
+
+	// Submit commits new tasks (leader only). Specs are normalized.
+	Submit(ctx context.Context, specs []api.TaskSpec) ([]api.SubmitResult, error)
+	// Task returns a task; with linearizable set it first confirms this node
+	// still leads (leader only).
+	Task(ctx context.Context, id string, linearizable bool) (api.Task, error)
+	// WaitTask is Task, held until the task is terminal or wait passes.
+	WaitTask(ctx context.Context, id string, wait time.Duration, linearizable bool) (api.Task, error)
+	// ListTasks returns a page of tasks in submission order.
+	ListTasks(ctx context.Context, f api.ListFilter, linearizable bool) (api.TaskList, error)
+	// Cancel cancels a task (leader only).
+	Cancel(ctx context.Context, id string) (api.Task, error)
+	// ReportResults commits finished attempts (leader only): one error (or
+	// nil) per result.
+	ReportResults(ctx context.Context, results []api.AttemptResult) ([]error, error)
+	// Cluster describes the cluster.
+	Cluster(ctx context.Context, linearizable bool) (api.ClusterStatus, error)
+	// Self describes this master alone.
+	Self() api.NodeStatus
+	// Ready returns nil when a leader is known and this node has applied
+	// the log up to the leader's commit index.
+	Ready() error
+}
+
+// ServerOptions tunes a Server.
+type ServerOptions struct {
+	// LeaderWait is how long a request waits for a leader before it gets
+	// 503. Zero means 5s.
+	LeaderWait time.Duration
+	Logger     hclog.Logger
+	// Client forwards requests to the leader. Nil means a default client.
+	Client *http.Client
+}
+
+// Server serves gantry's HTTP API v1 for one master.
+type Server struct {
+	m    Master
+	opts ServerOptions
+	log  hclog.Logger
+	hc   *http.Client
+	mux  *http.ServeMux
+}
+
+// NewServer returns the HTTP API of m.
+func NewServer(m Master, opts ServerOptions) *Server {
+	if opts.LeaderWait == 0 {
+		opts.LeaderWait = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.Client == nil {
+		opts.Client = &http.Client{Transport: &http.Transport{
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+			DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		}}
+	}
+	s := &Server{m: m, opts: opts, log: opts.Logger.Named("http"), hc: opts.Client, mux: http.NewServeMux()}
+	s.routes()
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(HeaderServedBy, s.m.ID())
+	s.mux.ServeHTTP(w, r)
+}
+
+// handler is a route body: the request, its already read body, and whether
+// reads must be linearizable.
+type handler func(w http.ResponseWriter, r *http.Request, body []byte, linearizable bool)
+
+// route describes one path: per method, the handler and how it is served.
+type route struct {
+	h        handler
+	leader   bool  // served by the leader: forwarded by followers
+	stale    bool  // ?stale=true serves it locally instead
+	maxBytes int64 // body limit
+}
+
+func (s *Server) routes() {
+	s.handle("/healthz", map[string]route{"GET": {h: s.healthz}})
+	s.handle("/readyz", map[string]route{"GET": {h: s.readyz}})
+	s.handle("/v1/tasks", map[string]route{
+		"POST": {h: s.submit, leader: true, maxBytes: api.MaxRequestBytes},
+		"GET":  {h: s.list, leader: true, stale: true},
+	})
+	s.handle("/v1/tasks/batch", map[string]route{
+		"POST": {h: s.submitBatch, leader: true, maxBytes: api.MaxBatchRequestBytes},
+	})
+	s.handle("/v1/tasks/{id}", map[string]route{
+		"GET": {h: s.get, leader: true, stale: true},
+	})
+	s.handle("/v1/tasks/{id}/cancel", map[string]route{
+		"POST": {h: s.cancel, leader: true, maxBytes: api.MaxRequestBytes},
+	})
+	s.handle("/v1/cluster", map[string]route{
+		"GET": {h: s.cluster, leader: true, stale: true},
+	})
+	s.handle("/v1/results", map[string]route{
+		"POST": {h: s.results, leader: true, maxBytes: api.MaxBatchRequestBytes},
+	})
+	s.handle("/v1/internal/self", map[string]route{"GET": {h: s.self}})
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, api.NotFoundf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+}
+
+func (s *Server) handle(pattern string, methods map[string]route) {
+	allowed := make([]string, 0, len(methods))
+	for m := range methods {
+		allowed = append(allowed, m)
+	}
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		rt, ok := methods[r.Method]
+		if !ok {
+			w.Header().Set("Allow", strings.Join(allowed, ", "))
+			writeJSON(w, http.StatusMethodNotAllowed, &api.Error{Code: "method_not_allowed", Message: "method " + r.Method + " is not allowed on " + r.URL.Path})
+			return
+		}
+		s.serve(w, r, rt)
+	})
+}
+
+// serve reads the body within its limit, then runs the handler here or on
+// the leader.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, rt route) {
+	var body []byte
+	if rt.maxBytes > 0 {
+		var err error
+		if body, err = readBody(w, r, rt.maxBytes); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	if !rt.leader {
+		rt.h(w, r, body, false)
+		return
+	}
+	if rt.stale {
+		if v := r.URL.Query().Get("stale"); v != "" {
+			stale, err := strconv.ParseBool(v)
+			if err != nil {
+				writeError(w, api.BadRequest("stale", "%q is not true or false", v))
+				return
+			}
+			if stale {
+				rt.h(w, r, body, false)
+				return
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.opts.LeaderWait)
+	li, err := s.m.AwaitLeader(ctx)
+	cancel()
+	if err != nil {
+		if r.Context().Err() != nil {
+			return // the client went away
+		}
+		writeError(w, api.Unavailablef(api.CodeNoLeader, "no leader was elected within %s; retry", s.opts.LeaderWait))
+		return
+	}
+	if li.Self {
+		rt.h(w, r, body, true)
+		return
+	}
+	if by := r.Header.Get(HeaderForwarded); by != "" {
+		writeError(w, api.Unavailablef(api.CodeNotLeader, "forwarded by %s but this master is not the leader (the leader is %s); retry", by, li.ID))
+		return
+	}
+	s.forward(w, r, body, li)
+}
+
+// forward sends the request to the leader and copies its answer back.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, li LeaderInfo) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, strings.TrimRight(li.HTTP, "/")+r.URL.RequestURI(), rd)
+	if err != nil {
+		writeError(w, api.Unavailablef(api.CodeUnavailable, "cannot forward to the leader %s at %q: %v", li.ID, li.HTTP, err))
+		return
+	}
+	for _, h := range []string{"Content-Type", HeaderIdempotencyKey, "Accept"} {
+		if v := r.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
+	req.Header.Set(HeaderForwarded, s.m.ID())
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return
+		}
+		msg := "forwarding to the leader %s failed: %v; retry"
+		if r.Method != http.MethodGet {
+			msg = "forwarding to the leader %s failed: %v; the outcome is unknown, retry with the same idempotency key"
+		}
+		writeError(w, api.Unavailablef(api.CodeUnavailable, msg, li.ID, err))
+		return
+	}
+	defer resp.Body.Close()
+	for _, h := range []string{"Content-Type", "Retry-After", "Location", HeaderServedBy} {
+		if v := resp.Header.Get(h); v != "" {
+			w.Header().Set(h, v)
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request, _ []byte, _ bool) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "id": s.m.ID()})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request, _ []byte, _ bool) {
+	if err := s.m.Ready(); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "id": s.m.ID()})
+}
+
+func (s *Server) self(w http.ResponseWriter, r *http.Request, _ []byte, _ bool) {
+	writeJSON(w, http.StatusOK, s.m.Self())
+}
+
+// DecodeSubmit decodes and normalizes the body of POST /v1/tasks; header is
+// the Idempotency-Key header (may be empty).
+func DecodeSubmit(body []byte, header string) (api.TaskSpec, error) {
+	var spec api.TaskSpec
+	if err := DecodeJSON(body, &spec); err != nil {
+		return spec, err
+	}
+	if header != "" {
+		if spec.IdempotencyKey != "" && spec.IdempotencyKey != header {
+			return spec, api.BadRequest("idempotency_key", "differs from the Idempotency-Key header")
+		}
+		spec.IdempotencyKey = header
+	}
+	if err := spec.Normalize(""); err != nil {
+		return spec, err
+	}
+	return spec, nil
+}
+
+// DecodeBatch decodes and normalizes the body of POST /v1/tasks/batch.
+func DecodeBatch(body []byte) ([]api.TaskSpec, error) {
+	var req api.BatchRequest
+	if err := DecodeJSON(body, &req); err != nil {
+		return nil, err
+	}
+	if len(req.Tasks) == 0 {
+		return nil, api.BadRequest("tasks", "is required and must hold at least one task")
+	}
+	if len(req.Tasks) > api.MaxBatchTasks {
+		return nil, api.BadRequest("tasks", "has %d tasks; the limit is %d", len(req.Tasks), api.MaxBatchTasks)
+	}
+	for i := range req.Tasks {
+		if err := req.Tasks[i].Normalize("tasks[" + strconv.Itoa(i) + "]"); err != nil {
+			return nil, err
+		}
+	}
+	return req.Tasks, nil
+}
+
+func (s *Server) submit(w http.ResponseWriter, r *http.Request, body []byte, _ bool) {
+	spec, err := DecodeSubmit(body, r.Header.Get(HeaderIdempotencyKey))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := s.m.Submit(r.Context(), []api.TaskSpec{spec})
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	status := http.StatusCreated
+	if res[0].Existing {
+		status = http.StatusOK
+	}
+	w.Header().Set("Location", "/v1/tasks/"+res[0].Task.ID)
+	writeJSON(w, status, res[0].Task)
+}
+
+func (s *Server) submitBatch(w http.ResponseWriter, r *http.Request, body []byte, _ bool) {
+	specs, err := DecodeBatch(body)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	res, err := s.m.Submit(r.Context(), specs)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := api.BatchResponse{Tasks: make([]api.Task, len(res))}
+	for i, sr := range res {
+		out.Tasks[i] = sr.Task
+	}
+	writeJSON(w, http.StatusCreated, out)
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request, _ []byte, lin bool) {
+	id := r.PathValue("id")
+	if err := api.ValidTaskID(id); err != nil {
+		writeError(w, err)
+		return
+	}
+	wait, err := api.ParseWait(r.URL.Query().Get("wait"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var t api.Task
+	if wait > 0 {
+		t, err = s.m.WaitTask(r.Context(), id, wait, lin)
+	} else {
+		t, err = s.m.Task(r.Context(), id, lin)
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, t)
+}
+
+// ParseListQuery parses the query of GET /v1/tasks.
+func ParseListQuery(q map[string][]string) (api.ListFilter, error) {
+	get := func(k string) string {
+		if v := q[k]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	f := api.ListFilter{State: api.TaskState(get("state")), After: get("after"), Limit: api.DefaultListLimit}
+	if f.State != "" && !f.State.Valid() {
+		return f, api.BadRequest("state", "%q is not one of pending, running, succeeded, failed, canceled", f.State)
+	}
+	if f.After != "" {
+		if err := api.ValidTaskID(f.After); err != nil {
+			return f, api.BadRequest("after", "is not a task ID")
+		}
+	}
+	if v := get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > api.MaxListLimit {
+			return f, api.BadRequest("limit", "%q must be a number from 1 to %d", v, api.MaxListLimit)
+		}
+		f.Limit = n
+	}
+	return f, nil
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request, _ []byte, lin bool) {
+	f, err := ParseListQuery(r.URL.Query())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out, err := s.m.ListTasks(r.Context(), f, lin)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) cancel(w http.ResponseWriter, r *http.Request, _ []byte, _ bool) {
+	id := r.PathValue("id")
+	if err := api.ValidTaskID(id); err != nil {
+		writeError(w, err)
+		return
+	}
+	t, err := s.m.Cancel(r.Context(), id)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, t)
+}
+
+func (s *Server) cluster(w http.ResponseWriter, r *http.Request, _ []byte, lin bool) {
+	st, err := s.m.Cluster(r.Context(), lin)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) results(w http.ResponseWriter, r *http.Request, body []byte, _ bool) {
+	var req api.ResultsRequest
+	if err := DecodeJSON(body, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(req.Results) == 0 || len(req.Results) > api.MaxBatchTasks {
+		writeError(w, api.BadRequest("results", "must hold 1 to %d results", api.MaxBatchTasks))
+		return
+	}
+	for i := range req.Results {
+		if err := req.Results[i].Validate(); err != nil {
+			var e *api.Error
+			if errors.As(err, &e) {
+				e.Field = "results[" + strconv.Itoa(i) + "]." + e.Field
+				e.Message = "results[" + strconv.Itoa(i) + "]." + e.Message
+			}
+			writeError(w, err)
+			return
+		}
+	}
+	errs, err := s.m.ReportResults(r.Context(), req.Results)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := api.ResultsResponse{Errors: make([]string, len(errs))}
+	for i, e := range errs {
+		if e != nil {
+			var ae *api.Error
+			if errors.As(e, &ae) {
+				out.Errors[i] = ae.Code
+			} else {
+				out.Errors[i] = api.CodeInternal
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,358 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unicode/utf8"
+	"unsafe"
+
+	"github.com/gantryhq/gantry/api"
+)
+
+// ExecConfig configures RunExec.
+type ExecConfig struct {
+	Path      string        // PATH given to the task's process (and used to resolve args[0] when it has no slash); empty means the worker's own $PATH
+	KillGrace time.Duration // between SIGTERM and SIGKILL of the process group on timeout or cancel; 0 means SIGKILL at once
+	MaxOutput int           // bytes of combined output kept; 0 means api.MaxOutputBytes
+}
+
+// ExecResult is how one attempt ended.
+type ExecResult struct {
+	Outcome               api.Outcome // OutcomeSucceeded, OutcomeFailed, OutcomeTimeout or OutcomeCanceled
+	ExitCode              int         // the process's exit code; -1 when killed by a signal or never started
+	Output                string      // combined stdout+stderr, at most MaxOutput bytes
+	Truncated             bool        // output was longer than MaxOutput
+	Error                 string      // why it failed when that is not just a non-zero exit: "timeout after 1s", "exec: \"nope\": executable file not found in $PATH", "killed by signal: terminated", "canceled"
+	StartedAt, FinishedAt time.Time
+}
+
+// Exit codes reported when the program could not be started, as a shell
+// reports them.
+const (
+	exitNotFound    = 127
+	exitNotRunnable = 126
+)
+
+// outputDrainDelay bounds how long RunExec waits, once the process has
+// exited and its process group has been killed, for the output and input
+// pipes to close. Only a descendant that left the process group (setsid)
+// can keep them open that long; its later output is lost.
+const outputDrainDelay = time.Second
+
+// RunExec runs one attempt of an exec task and blocks until it ends.
+// Canceling ctx stops the attempt (outcome canceled).
+func RunExec(ctx context.Context, a api.Assignment, cfg ExecConfig) ExecResult {
+	res := ExecResult{ExitCode: -1, StartedAt: time.Now()}
+	out := &capWriter{max: cfg.MaxOutput}
+	if out.max <= 0 {
+		out.max = api.MaxOutputBytes
+	}
+	finish := func() ExecResult {
+		res.Output, res.Truncated = out.result()
+		res.Error = clip(res.Error, api.MaxErrorLen)
+		res.FinishedAt = time.Now()
+		return res
+	}
+	fail := func(code int, err error) ExecResult {
+		res.Outcome, res.ExitCode, res.Error = api.OutcomeFailed, code, err.Error()
+		return finish()
+	}
+
+	if ctx.Err() != nil {
+		res.Outcome, res.Error = api.OutcomeCanceled, "canceled"
+		return finish()
+	}
+	if len(a.Args) == 0 || a.Args[0] == "" {
+		return fail(exitNotFound, errors.New("exec: no program to run (args is empty)"))
+	}
+
+	env, path := execEnv(a, cfg)
+	prog, err := lookPath(a.Args[0], path)
+	if err != nil {
+		return fail(startFailureCode(err), err)
+	}
+	cmd := &exec.Cmd{
+		Path:        prog,
+		Args:        a.Args,
+		Env:         env,
+		Stdout:      out,
+		Stderr:      out, // the same writer: one pipe, so the two streams stay in order
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		WaitDelay:   outputDrainDelay,
+	}
+	if in := stdinFor(a.Payload); in != nil {
+		cmd.Stdin = bytes.NewReader(in)
+	}
+	timeout := execTimeout(a.Timeout)
+	if err := cmd.Start(); err != nil {
+		return fail(startFailureCode(err), err)
+	}
+	pid := cmd.Process.Pid
+
+	// Wait for the process to exit without reaping it, so that its pid (the
+	// process group's ID) cannot be reused while we still signal the group.
+	// Should waitid fail, reap it with Wait instead (the group kill after
+	// the exit is then best effort, and Wait itself bounds the pipe wait).
+	exited := make(chan struct{})
+	var waitErr error
+	waited := false
+	go func() {
+		defer close(exited)
+		if waitExited(pid) != nil {
+			waitErr, waited = cmd.Wait(), true
+		}
+	}()
+
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	var stopped api.Outcome // set when we stopped the process
+	select {
+	case <-exited:
+	case <-timer.C:
+		stopped, res.Error = api.OutcomeTimeout, "timeout after "+timeout.String()
+	case <-ctx.Done():
+		stopped, res.Error = api.OutcomeCanceled, "canceled"
+	}
+	if stopped != "" {
+		if cfg.KillGrace > 0 {
+			signalGroup(pid, syscall.SIGTERM)
+			grace := time.NewTimer(cfg.KillGrace)
+			select {
+			case <-exited:
+			case <-grace.C:
+			}
+			grace.Stop()
+		}
+		signalGroup(pid, syscall.SIGKILL)
+		<-exited
+	}
+	// The main process is gone; nothing else of its group may outlive the
+	// attempt (or keep the output pipe open).
+	signalGroup(pid, syscall.SIGKILL)
+	if !waited {
+		waitErr = cmd.Wait()
+	}
+
+	if stopped != "" {
+		res.Outcome = stopped
+		return finish()
+	}
+	var ws syscall.WaitStatus
+	ok := false
+	if cmd.ProcessState != nil {
+		ws, ok = cmd.ProcessState.Sys().(syscall.WaitStatus)
+	}
+	switch {
+	case !ok:
+		if waitErr == nil {
+			waitErr = errors.New("exec: no exit status")
+		}
+		return fail(-1, waitErr)
+	case ws.Signaled():
+		return fail(-1, fmt.Errorf("killed by signal: %s", ws.Signal()))
+	case ws.ExitStatus() != 0:
+		res.Outcome, res.ExitCode = api.OutcomeFailed, ws.ExitStatus()
+	default:
+		res.Outcome, res.ExitCode = api.OutcomeSucceeded, 0
+	}
+	return finish()
+}
+
+// execTimeout parses an assignment's timeout; an empty, invalid or
+// non-positive one means api.DefaultTimeout.
+func execTimeout(s string) time.Duration {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return api.DefaultTimeout
+	}
+	return d
+}
+
+// execEnv builds the process environment: the task's env, PATH unless the
+// task sets it, GANTRY_TASK_ID and GANTRY_ATTEMPT, sorted by name. It also
+// returns the PATH in effect ("" when there is none).
+func execEnv(a api.Assignment, cfg ExecConfig) ([]string, string) {
+	vars := make(map[string]string, len(a.Env)+3)
+	path := cfg.Path
+	if path == "" {
+		path = os.Getenv("PATH")
+	}
+	if path != "" {
+		vars["PATH"] = path
+	}
+	for k, v := range a.Env {
+		vars[k] = v
+	}
+	vars["GANTRY_TASK_ID"] = a.TaskID
+	vars["GANTRY_ATTEMPT"] = strconv.Itoa(a.Attempt)
+	env := make([]string, 0, len(vars))
+	for k, v := range vars {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	return env, vars["PATH"]
+}
+
+// lookPath resolves a program name without a slash against path, like a
+// shell (and exec.LookPath, which only knows the worker's own $PATH). Empty
+// and relative entries of path are skipped: they would resolve against the
+// worker's working directory. A file that exists but is not executable
+// gives a permission error (exit 126) if no later entry has an executable
+// one.
+func lookPath(file, path string) (string, error) {
+	if strings.Contains(file, "/") {
+		return file, nil
+	}
+	denied := false
+	for _, dir := range filepath.SplitList(path) {
+		if !filepath.IsAbs(dir) {
+			continue
+		}
+		p := filepath.Join(dir, file)
+		fi, err := os.Stat(p)
+		if err != nil || fi.IsDir() {
+			continue
+		}
+		if fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+		denied = true
+	}
+	if denied {
+		return "", &exec.Error{Name: file, Err: fs.ErrPermission}
+	}
+	return "", &exec.Error{Name: file, Err: exec.ErrNotFound}
+}
+
+// startFailureCode is the exit code reported for a program that could not
+// be started: 127 when it does not exist, 126 when it cannot be executed,
+// -1 for anything else (out of resources and the like).
+func startFailureCode(err error) int {
+	switch {
+	case errors.Is(err, exec.ErrNotFound), errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ENOTDIR):
+		return exitNotFound
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOEXEC), errors.Is(err, syscall.EISDIR):
+		return exitNotRunnable
+	}
+	return -1
+}
+
+// stdinFor returns what the process reads on stdin: the text of a JSON
+// string payload, the bytes of any other JSON value, nil for no payload (or
+// a null one).
+func stdinFor(payload json.RawMessage) []byte {
+	p := bytes.TrimSpace(payload)
+	if len(p) == 0 || bytes.Equal(p, []byte("null")) {
+		return nil
+	}
+	if p[0] == '"' {
+		var s string
+		if err := json.Unmarshal(p, &s); err == nil {
+			return []byte(s)
+		}
+	}
+	return payload
+}
+
+// signalGroup sends sig to the process group led by pid and to pid itself
+// (in case it moved to another group). Errors (nothing left) are ignored.
+func signalGroup(pid int, sig syscall.Signal) {
+	_ = syscall.Kill(-pid, sig)
+	_ = syscall.Kill(pid, sig)
+}
+
+// waitExited blocks until the child pid has exited, leaving it a zombie for
+// exec.Cmd.Wait to reap: waitid(P_PID, pid, WEXITED|WNOWAIT).
+func waitExited(pid int) error {
+	const pPID = 1     // P_PID
+	var info [128]byte // siginfo_t
+	for {
+		_, _, errno := syscall.Syscall6(syscall.SYS_WAITID, pPID, uintptr(pid),
+			uintptr(unsafe.Pointer(&info)), syscall.WEXITED|syscall.WNOWAIT, 0, 0)
+		switch errno {
+		case 0:
+			return nil
+		case syscall.EINTR:
+		default:
+			return errno
+		}
+	}
+}
+
+// capWriter keeps the first max bytes written to it and counts the rest,
+// which it discards so the process never blocks on a full pipe.
+type capWriter struct {
+	mu    sync.Mutex
+	max   int
+	buf   []byte
+	total int64
+}
+
+func (w *capWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.total += int64(len(p))
+	if room := w.max - len(w.buf); room > 0 {
+		w.buf = append(w.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+var _ io.Writer = (*capWriter)(nil)
+
+// result returns the kept output as valid UTF-8 of at most max bytes, and
+// whether anything was cut off.
+func (w *capWriter) result() (string, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	b := w.buf
+	truncated := w.total > int64(len(b))
+	if truncated {
+		b = trimPartialRune(b)
+	}
+	s := strings.ToValidUTF8(string(b), "\uFFFD")
+	// Replacing invalid bytes can make the text longer than the limit.
+	if len(s) > w.max {
+		s, truncated = clip(s, w.max), true
+	}
+	return s, truncated
+}
+
+// trimPartialRune drops an incomplete multi-byte sequence at the end of b,
+// left there by cutting b at a byte limit.
+func trimPartialRune(b []byte) []byte {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				return b[:i]
+			}
+			return b
+		}
+	}
+	return b
+}
+
+// clip cuts valid UTF-8 s to at most n bytes without splitting a rune.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
