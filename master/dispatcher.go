@@ -14,11 +14,12 @@ import (
 
 // Dispatcher tuning.
 const (
-	dispatchIdle     = time.Second     // re-check at least this often
-	maxPushInflight  = 64              // concurrent pushes to workers
-	avoidAfterFail   = 2 * time.Second // a worker that failed a push gets no work for this long
-	pushRecordMaxAge = 2 * time.Minute // push bookkeeping is kept this long
-	maxAssignBatch   = 1024            // assignments per raft entry
+	dispatchIdle      = time.Second            // re-check at least this often
+	maxPushInflight   = 64                     // concurrent pushes to workers
+	avoidAfterFail    = 2 * time.Second        // a worker that failed a push gets no work for this long
+	avoidAfterRefusal = 500 * time.Millisecond // a worker that refused attempts (full) gets none for this long
+	pushRecordMaxAge  = 2 * time.Minute        // push bookkeeping is kept this long
+	maxAssignBatch    = 1024                   // assignments per raft entry
 )
 
 // dispatcher runs on the leader: it matches ready tasks to live workers with
@@ -197,8 +198,13 @@ func (d *dispatcher) push(w *freeWorker, batch []api.Assignment) {
 			undelivered = append(undelivered, ref)
 		}
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		d.avoid[w.id] = end.Add(avoidAfterFail)
+	case len(undelivered) > 0:
+		// The worker is fuller than the record says (it is still stopping
+		// stale attempts): let it settle rather than churn the log.
+		d.avoid[w.id] = end.Add(avoidAfterRefusal)
 	}
 	d.mu.Unlock()
 	if len(undelivered) == 0 || d.ls.ctx.Err() != nil {

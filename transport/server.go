@@ -185,29 +185,53 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, rt route) {
 			}
 		}
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.opts.LeaderWait)
-	li, err := s.m.AwaitLeader(ctx)
-	cancel()
-	if err != nil {
-		if r.Context().Err() != nil {
-			return // the client went away
+	// Wait for a leader; if the known leader cannot even be dialed (it just
+	// died and the others have not noticed yet), wait for the next one. A
+	// request that was not sent can be sent again safely.
+	deadline := time.Now().Add(s.opts.LeaderWait)
+	for {
+		ctx, cancel := context.WithDeadline(r.Context(), deadline)
+		li, err := s.m.AwaitLeader(ctx)
+		cancel()
+		if err != nil {
+			if r.Context().Err() != nil {
+				return // the client went away
+			}
+			writeError(w, api.Unavailablef(api.CodeNoLeader, "no leader was elected within %s; retry", s.opts.LeaderWait))
+			return
 		}
-		writeError(w, api.Unavailablef(api.CodeNoLeader, "no leader was elected within %s; retry", s.opts.LeaderWait))
-		return
+		if li.Self {
+			rt.h(w, r, body, true)
+			return
+		}
+		if by := r.Header.Get(HeaderForwarded); by != "" {
+			writeError(w, api.Unavailablef(api.CodeNotLeader, "forwarded by %s but this master is not the leader (the leader is %s); retry", by, li.ID))
+			return
+		}
+		err = s.forward(w, r, body, li)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			writeError(w, api.Unavailablef(api.CodeUnavailable, "the leader %s cannot be reached: %v; retry", li.ID, err))
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(leaderRetryDelay):
+		}
 	}
-	if li.Self {
-		rt.h(w, r, body, true)
-		return
-	}
-	if by := r.Header.Get(HeaderForwarded); by != "" {
-		writeError(w, api.Unavailablef(api.CodeNotLeader, "forwarded by %s but this master is not the leader (the leader is %s); retry", by, li.ID))
-		return
-	}
-	s.forward(w, r, body, li)
 }
 
-// forward sends the request to the leader and copies its answer back.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, li LeaderInfo) {
+// leaderRetryDelay is the pause before a follower tries again to reach a
+// leader it could not dial.
+const leaderRetryDelay = 50 * time.Millisecond
+
+// forward sends the request to the leader and copies its answer back. It
+// returns an error, having written nothing, only when the request could not
+// be sent at all (the leader refused the connection): the caller may retry.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, li LeaderInfo) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -215,7 +239,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, li
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, strings.TrimRight(li.HTTP, "/")+r.URL.RequestURI(), rd)
 	if err != nil {
 		writeError(w, api.Unavailablef(api.CodeUnavailable, "cannot forward to the leader %s at %q: %v", li.ID, li.HTTP, err))
-		return
+		return nil
 	}
 	for _, h := range []string{"Content-Type", HeaderIdempotencyKey, "Accept"} {
 		if v := r.Header.Get(h); v != "" {
@@ -226,14 +250,17 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, li
 	resp, err := s.hc.Do(req)
 	if err != nil {
 		if r.Context().Err() != nil {
-			return
+			return nil
+		}
+		if isNotSent(err) {
+			return err
 		}
 		msg := "forwarding to the leader %s failed: %v; retry"
 		if r.Method != http.MethodGet {
 			msg = "forwarding to the leader %s failed: %v; the outcome is unknown, retry with the same idempotency key"
 		}
 		writeError(w, api.Unavailablef(api.CodeUnavailable, msg, li.ID, err))
-		return
+		return nil
 	}
 	defer resp.Body.Close()
 	for _, h := range []string{"Content-Type", "Retry-After", "Location", HeaderServedBy} {
@@ -243,6 +270,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, li
 	}
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
+	return nil
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request, _ []byte, _ bool) {

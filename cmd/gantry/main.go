@@ -56,7 +56,7 @@ func newRoot() *cobra.Command {
 			return applyEnv(cmd)
 		},
 	}
-	root.AddCommand(newMasterCmd(), newWorkerCmd(), newSubmitCmd(), newTaskCmd(), newStatusCmd(), newHealthCmd(), newVersionCmd())
+	root.AddCommand(newMasterCmd(), newWorkerCmd(), newSubmitCmd(), newTaskCmd(), newStatusCmd(), newHealthCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }
 
