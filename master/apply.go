@@ -161,8 +161,14 @@ func buildSubmit(items []submitItem) fsm.Entry {
 	return &fsm.SubmitEntry{At: now(), Tasks: items}
 }
 
-func splitSubmit(resp any, n int) []fsm.SubmitOutcome {
+func (m *Master) splitSubmit(resp any, n int) []fsm.SubmitOutcome {
 	if r, ok := resp.(*fsm.SubmitResponse); ok && len(r.Results) == n {
+		m.metrics.submitEntries.Inc()
+		for _, o := range r.Results {
+			if !o.Existing {
+				m.metrics.submitted.Inc()
+			}
+		}
 		return r.Results
 	}
 	return make([]fsm.SubmitOutcome, n) // unreachable: the FSM answers every spec
@@ -174,8 +180,10 @@ func (m *Master) buildResult(items []resultItem) fsm.Entry {
 	return &fsm.ResultEntry{At: now(), BackoffBase: m.cfg.RetryBackoff, Results: items}
 }
 
-func splitResult(resp any, n int) []error {
+func (m *Master) splitResult(resp any, n int) []error {
 	if r, ok := resp.(*fsm.ResultResponse); ok && len(r.Errors) == n {
+		m.metrics.resultEntries.Inc()
+		m.metrics.results.Add(float64(n))
 		return r.Errors
 	}
 	out := make([]error, n)

@@ -202,6 +202,7 @@ func (x *detector) requeue(worker string, refs []api.AttemptRef, reason string) 
 			n++
 		}
 	}
+	x.m.metrics.requeued.WithLabelValues(string(api.OutcomeLost)).Add(float64(n))
 	if n > 0 {
 		x.log.Warn("requeued lost attempts", "worker", worker, "count", n, "reason", reason)
 		x.d.poke()

@@ -149,6 +149,7 @@ func (d *dispatcher) once() time.Duration {
 		if !ok {
 			continue
 		}
+		d.m.metrics.assigned.Inc()
 		t, a := tasks[i], entry.Assignments[i]
 		d.pushes[api.AttemptRef{TaskID: a.TaskID, Attempt: a.Attempt}] = time.Time{}
 		batches[target[i]] = append(batches[target[i]], api.Assignment{
@@ -207,6 +208,7 @@ func (d *dispatcher) push(w *freeWorker, batch []api.Assignment) {
 		d.avoid[w.id] = end.Add(avoidAfterRefusal)
 	}
 	d.mu.Unlock()
+	d.m.metrics.pushErrors.Add(float64(len(undelivered)))
 	if len(undelivered) == 0 || d.ls.ctx.Err() != nil {
 		return // on leadership loss the next leader reconciles with the worker
 	}
@@ -215,8 +217,17 @@ func (d *dispatcher) push(w *freeWorker, batch []api.Assignment) {
 		reason = "push to worker " + w.id + " failed: " + err.Error()
 	}
 	d.log.Warn("attempts not delivered; requeuing", "worker", w.id, "count", len(undelivered), "error", err)
-	if _, rerr := d.m.apply(&fsm.RequeueEntry{At: now(), Outcome: api.OutcomeUndelivered, Reason: truncate(reason, 512), Attempts: undelivered}); rerr != nil && d.ls.ctx.Err() == nil {
-		d.log.Warn("requeue of undelivered attempts failed; the detector will retry", "error", rerr)
+	resp, rerr := d.m.apply(&fsm.RequeueEntry{At: now(), Outcome: api.OutcomeUndelivered, Reason: truncate(reason, 512), Attempts: undelivered})
+	if rerr != nil {
+		if d.ls.ctx.Err() == nil {
+			d.log.Warn("requeue of undelivered attempts failed; the detector will retry", "error", rerr)
+		}
+		return
+	}
+	for _, ok := range resp.(*fsm.RequeueResponse).Requeued {
+		if ok {
+			d.m.metrics.requeued.WithLabelValues(string(api.OutcomeUndelivered)).Inc()
+		}
 	}
 }
 

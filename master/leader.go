@@ -105,6 +105,7 @@ func (m *Master) establishLeadership() *leaderState {
 	m.mu.Lock()
 	m.leader = ls
 	m.mu.Unlock()
+	m.metrics.leaderships.Inc()
 	m.log.Info("leadership established", "applied_index", m.fsm.AppliedIndex())
 	return ls
 }

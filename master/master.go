@@ -37,6 +37,7 @@ type Master struct {
 	workers *transport.WorkerClient
 	peers   *transport.Client // to other masters, one address at a time
 
+	metrics *metrics
 	submits *batcher[submitItem, fsm.SubmitOutcome]
 	results *batcher[resultItem, error]
 
@@ -70,8 +71,9 @@ func New(cfg Config) (*Master, error) {
 	}
 	m.workers = transport.NewWorkerClient(cfg.HTTPClient)
 	m.peers = transport.NewClient(nil, transport.WithHTTPClient(cfg.HTTPClient))
-	m.submits = newBatcher(m, maxSubmitBatch, buildSubmit, splitSubmit)
-	m.results = newBatcher(m, maxResultBatch, m.buildResult, splitResult)
+	m.metrics = newMetrics(m)
+	m.submits = newBatcher(m, maxSubmitBatch, buildSubmit, m.splitSubmit)
+	m.results = newBatcher(m, maxResultBatch, m.buildResult, m.splitResult)
 	return m, nil
 }
 

@@ -239,7 +239,7 @@ func (c *Cluster) StartMaster(n *MasterNode) {
 		c.t.Fatalf("master %s: start: %v", n.ID, err)
 	}
 	n.M = m
-	n.srv = &http.Server{Handler: transport.NewServer(m, transport.ServerOptions{LeaderWait: 3 * time.Second, Logger: cfg.Logger}), ReadHeaderTimeout: 5 * time.Second}
+	n.srv = &http.Server{Handler: transport.NewServer(m, transport.ServerOptions{LeaderWait: 3 * time.Second, Logger: cfg.Logger, Registry: m.Registry()}), ReadHeaderTimeout: 5 * time.Second}
 	go n.srv.Serve(ln)
 	n.up = true
 }

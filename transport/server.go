@@ -13,6 +13,8 @@ import (
 
 	"github.com/gantryhq/gantry/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // LeaderInfo names the current leader.
@@ -64,6 +66,8 @@ type ServerOptions struct {
 	Logger     hclog.Logger
 	// Client forwards requests to the leader. Nil means a default client.
 	Client *http.Client
+	// Registry, when set, gets the HTTP metrics and is served at /metrics.
+	Registry *prometheus.Registry
 }
 
 // Server serves gantry's HTTP API v1 for one master.
@@ -73,6 +77,9 @@ type Server struct {
 	log  hclog.Logger
 	hc   *http.Client
 	mux  *http.ServeMux
+
+	requests *prometheus.CounterVec   // nil without a registry
+	latency  *prometheus.HistogramVec // nil without a registry
 }
 
 // NewServer returns the HTTP API of m.
@@ -91,6 +98,17 @@ func NewServer(m Master, opts ServerOptions) *Server {
 		}}
 	}
 	s := &Server{m: m, opts: opts, log: opts.Logger.Named("http"), hc: opts.Client, mux: http.NewServeMux()}
+	if opts.Registry != nil {
+		s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "gantry", Name: "http_requests_total", Help: "HTTP requests served, by route, method and status code.",
+		}, []string{"route", "method", "code"})
+		s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "gantry", Name: "http_request_duration_seconds", Help: "HTTP request latency, by route and method (long polls included).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"route", "method"})
+		opts.Registry.MustRegister(s.requests, s.latency)
+		s.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
+	}
 	s.routes()
 	return s
 }
@@ -147,6 +165,15 @@ func (s *Server) handle(pattern string, methods map[string]route) {
 		allowed = append(allowed, m)
 	}
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if s.requests != nil {
+			start := time.Now()
+			sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+			w = sw
+			defer func() {
+				s.requests.WithLabelValues(pattern, r.Method, strconv.Itoa(sw.code)).Inc()
+				s.latency.WithLabelValues(pattern, r.Method).Observe(time.Since(start).Seconds())
+			}()
+		}
 		rt, ok := methods[r.Method]
 		if !ok {
 			w.Header().Set("Allow", strings.Join(allowed, ", "))
@@ -155,6 +182,17 @@ func (s *Server) handle(pattern string, methods map[string]route) {
 		}
 		s.serve(w, r, rt)
 	})
+}
+
+// statusWriter remembers the status code written.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
 }
 
 // serve reads the body within its limit, then runs the handler here or on

@@ -10,6 +10,8 @@ import (
 
 	"github.com/gantryhq/gantry/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Agent is what a worker's HTTP server needs from the worker.
@@ -32,11 +34,15 @@ type Agent interface {
 //	GET  /v1/attempts         what the worker holds
 //	POST /v1/attempts/cancel  stop one attempt ({"task_id","attempt"})
 //	GET  /healthz
-func NewWorkerHandler(a Agent, log hclog.Logger) http.Handler {
+//	GET  /metrics             Prometheus metrics, when reg is not nil
+func NewWorkerHandler(a Agent, log hclog.Logger, reg *prometheus.Registry) http.Handler {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
 	mux := http.NewServeMux()
+	if reg != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "id": a.ID()})
 	})

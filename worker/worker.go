@@ -13,6 +13,8 @@ import (
 	"github.com/gantryhq/gantry/membership"
 	"github.com/gantryhq/gantry/transport"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Config configures a worker.
@@ -55,6 +57,10 @@ type Worker struct {
 	draining bool                        // guarded by mu
 	killed   bool                        // guarded by mu
 
+	reg      *prometheus.Registry
+	outcomes *prometheus.CounterVec // attempts ended, by outcome
+	refused  prometheus.Counter     // results refused by the masters
+
 	report chan struct{} // capacity 1: results are waiting
 	stop   chan struct{} // closed when the reporter must stop
 	runWG  sync.WaitGroup
@@ -96,14 +102,33 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	return &Worker{
+	w := &Worker{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		attempts: make(map[api.AttemptRef]*attempt),
 		report:   make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		client:   transport.NewClient(nil),
-	}, nil
+		reg:      prometheus.NewRegistry(),
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "gantry", Subsystem: "worker", Name: "attempts_total", Help: "Attempts this worker finished, by outcome.",
+		}, []string{"outcome"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "gantry", Subsystem: "worker", Name: "results_refused_total", Help: "Results the masters refused for good (stale attempts).",
+		}),
+	}
+	w.reg.MustRegister(w.outcomes, w.refused, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	w.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "gantry", Subsystem: "worker", Name: "running_attempts", Help: "Attempts running now.",
+	}, func() float64 {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return float64(w.runningLocked())
+	}))
+	w.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "gantry", Subsystem: "worker", Name: "slots", Help: "Attempts this worker runs at once.",
+	}, func() float64 { return float64(cfg.Slots) }))
+	return w, nil
 }
 
 // ID implements transport.Agent.
@@ -133,7 +158,7 @@ func (w *Worker) Start() error {
 		w.cfg.HTTPAdvertise = "http://" + net.JoinHostPort(host, port)
 	}
 	w.cfg.HTTPAdvertise = transport.NormalizeURL(w.cfg.HTTPAdvertise)
-	w.srv = &http.Server{Handler: transport.NewWorkerHandler(w, w.log), ReadHeaderTimeout: 10 * time.Second}
+	w.srv = &http.Server{Handler: transport.NewWorkerHandler(w, w.log, w.reg), ReadHeaderTimeout: 10 * time.Second}
 	w.gossip = membership.New(membership.Config{
 		BindAddr:      w.cfg.GossipBind,
 		AdvertiseAddr: w.cfg.GossipAdvertise,
@@ -233,6 +258,7 @@ func (w *Worker) run(ctx context.Context, ref api.AttemptRef, at *attempt) {
 		ExitCode: res.ExitCode, Output: res.Output, Truncated: res.Truncated, Error: truncateUTF8(res.Error, api.MaxErrorLen),
 		StartedAt: res.StartedAt.UTC(), FinishedAt: res.FinishedAt.UTC(),
 	}
+	w.outcomes.WithLabelValues(string(outcome)).Inc()
 	w.log.Debug("attempt ended", "task", ref.TaskID, "attempt", ref.Attempt, "outcome", outcome, "exit_code", res.ExitCode)
 	select {
 	case w.report <- struct{}{}:
@@ -344,6 +370,7 @@ func (w *Worker) reporter() {
 		for i, r := range batch {
 			ref := api.AttemptRef{TaskID: r.TaskID, Attempt: r.Attempt}
 			if codes[i] != "" {
+				w.refused.Inc()
 				w.log.Info("result refused", "task", r.TaskID, "attempt", r.Attempt, "reason", codes[i])
 			}
 			delete(w.attempts, ref)

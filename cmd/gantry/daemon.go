@@ -191,7 +191,7 @@ func runMaster(cfg master.Config, httpAddr string, leaderWait time.Duration, log
 		return err
 	}
 	srv := &http.Server{
-		Handler:           transport.NewServer(m, transport.ServerOptions{LeaderWait: leaderWait, Logger: log}),
+		Handler:           transport.NewServer(m, transport.ServerOptions{LeaderWait: leaderWait, Logger: log, Registry: m.Registry()}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
