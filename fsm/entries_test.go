@@ -193,3 +193,13 @@ func TestDecode_ErrorNamesTheType(t *testing.T) {
 		t.Fatalf("error %v does not name the entry type", err)
 	}
 }
+
+func TestEncode_RefusesTimesJSONCannotHold(t *testing.T) {
+	// The leader encodes before proposing, so an unrepresentable time is an
+	// error there and never reaches the log.
+	e := &CancelEntry{At: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), TaskID: "0000000000000001"}
+	b, err := Encode(e)
+	if err == nil || b != nil || !strings.Contains(err.Error(), "cancel") {
+		t.Fatalf("Encode = %q, %v; want an error naming the entry type", b, err)
+	}
+}

@@ -170,7 +170,10 @@ func TestSubmit_BatchOfMany(t *testing.T) {
 	h := mustNewHarness(t)
 	specs := make([]api.TaskSpec, api.MaxBatchTasks)
 	for i := range specs {
-		specs[i] = specWith(func(s *api.TaskSpec) { s.Args = []string{"n", fmt.Sprint(i)}; s.IdempotencyKey = fmt.Sprint("k", i%500) })
+		specs[i] = specWith(func(s *api.TaskSpec) {
+			s.Args = []string{"n", fmt.Sprint(i)}
+			s.IdempotencyKey = fmt.Sprint("k", i%500)
+		})
 	}
 	resp := h.submit(t0, specs...)
 	if len(resp.Results) != len(specs) {
@@ -942,7 +945,9 @@ func TestTerminalStates_AreFinal(t *testing.T) {
 
 func TestGC_RemovesOldTerminalTasksOldestFirst(t *testing.T) {
 	h := mustNewHarness(t)
-	key := func(k string) api.TaskSpec { return specWith(func(s *api.TaskSpec) { s.IdempotencyKey = k; s.MaxAttempts = 1 }) }
+	key := func(k string) api.TaskSpec {
+		return specWith(func(s *api.TaskSpec) { s.IdempotencyKey = k; s.MaxAttempts = 1 })
+	}
 	a := h.mustSubmit(t0, key("a"))    // finishes at sec(5)
 	b := h.mustSubmit(t0, key("b"))    // finishes at sec(2)
 	c := h.mustSubmit(t0, key("c"))    // finishes at sec(3)

@@ -375,7 +375,7 @@ func checkInvariants(t testing.TB, f *FSM) {
 	t.Helper()
 	checkIndexes(t, f)
 
-	all := listAll(t, f, "", 7)
+	all := listAll(t, f, "", 37)
 	var recount api.TaskCounts
 	for i, task := range all {
 		recount.Add(task.State, 1)
@@ -388,7 +388,7 @@ func checkInvariants(t testing.TB, f *FSM) {
 		t.Fatalf("counts %+v, recount over list %+v", got, recount)
 	}
 	for _, st := range api.States {
-		byState := listAll(t, f, st, 5)
+		byState := listAll(t, f, st, 23)
 		var want []string
 		for _, task := range all {
 			if task.State == st {
