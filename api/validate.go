@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -140,8 +141,11 @@ func (s *TaskSpec) Normalize(prefix string) error {
 	if len(s.IdempotencyKey) > MaxIdempotencyKeyLen {
 		return BadRequest(f("idempotency_key"), "is %d bytes; the limit is %d", len(s.IdempotencyKey), MaxIdempotencyKeyLen)
 	}
+	if !utf8.ValidString(s.IdempotencyKey) {
+		return BadRequest(f("idempotency_key"), "is not valid UTF-8")
+	}
 	for _, r := range s.IdempotencyKey {
-		if r < 0x21 || r == 0x7f || r == utf8.RuneError {
+		if !unicode.IsPrint(r) || unicode.IsSpace(r) || r == utf8.RuneError {
 			return BadRequest(f("idempotency_key"), "must be printable characters without spaces")
 		}
 	}

@@ -25,8 +25,21 @@ addrs() {
 	echo "$out"
 }
 
+# any_alive: true while any process in the pids file still runs (zombies,
+# which some init processes reap late, do not count).
+any_alive() {
+	local p state
+	[ -f "$DIR/pids" ] || return 1
+	for p in $(cat "$DIR/pids"); do
+		kill -0 "$p" 2>/dev/null || continue
+		state=$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null || echo Z)
+		[ "$state" = Z ] || return 0
+	done
+	return 1
+}
+
 up() {
-	if [ -f "$DIR/pids" ] && xargs -r kill -0 <"$DIR/pids" 2>/dev/null; then
+	if any_alive; then
 		echo "already running (scripts/dev.sh down to stop)"; exit 1
 	fi
 	mkdir -p "$DIR/logs"
@@ -71,7 +84,7 @@ down() {
 	[ -f "$DIR/pids" ] || { echo "not running"; return 0; }
 	xargs -r kill -TERM <"$DIR/pids" 2>/dev/null || true
 	local deadline=$((SECONDS + 45))
-	while xargs -r kill -0 <"$DIR/pids" 2>/dev/null; do
+	while any_alive; do
 		if [ $SECONDS -ge $deadline ]; then xargs -r kill -KILL <"$DIR/pids" 2>/dev/null || true; break; fi
 		sleep 0.2
 	done

@@ -187,8 +187,10 @@ func isNotSent(err error) bool {
 
 func errorFromBody(resp *Response) error {
 	e := &api.Error{}
-	if err := json.Unmarshal(resp.Body, e); err != nil || e.Message == "" {
+	if err := json.Unmarshal(resp.Body, e); err != nil || (e.Message == "" && e.Code == "") {
 		e = &api.Error{Message: fmt.Sprintf("HTTP %d: %s", resp.Status, strings.TrimSpace(string(resp.Body)))}
+	} else if e.Message == "" {
+		e.Message = fmt.Sprintf("HTTP %d: %s", resp.Status, e.Code)
 	}
 	e.Status = resp.Status
 	if e.Code == "" {

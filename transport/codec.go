@@ -51,7 +51,7 @@ func decodeError(err error) error {
 	case errors.As(err, &typ):
 		field := typ.Field
 		if field == "" {
-			return api.BadRequest("", "expected a JSON %s, got %s", jsonKind(typ.Type.Kind().String()), typ.Value)
+			return api.BadRequest("", "expected %s, got %s", jsonKind(typ.Type.Kind().String()), typ.Value)
 		}
 		return api.BadRequest(field, "expected %s, got %s", jsonKind(typ.Type.String()), typ.Value)
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
@@ -70,7 +70,9 @@ func decodeError(err error) error {
 
 func jsonKind(goType string) string {
 	switch {
-	case strings.HasPrefix(goType, "int"), strings.HasPrefix(goType, "uint"), strings.HasPrefix(goType, "float"):
+	case strings.HasPrefix(goType, "int"), strings.HasPrefix(goType, "uint"):
+		return "an integer"
+	case strings.HasPrefix(goType, "float"):
 		return "a number"
 	case goType == "string":
 		return "a string"

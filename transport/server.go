@@ -3,10 +3,13 @@ package transport
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -164,6 +167,7 @@ func (s *Server) handle(pattern string, methods map[string]route) {
 	for m := range methods {
 		allowed = append(allowed, m)
 	}
+	sort.Strings(allowed)
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		if s.requests != nil {
 			start := time.Now()
@@ -210,8 +214,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, rt route) {
 		rt.h(w, r, body, false)
 		return
 	}
+	q, err := query(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
 	if rt.stale {
-		if v := r.URL.Query().Get("stale"); v != "" {
+		if v := q.Get("stale"); v != "" {
 			stale, err := strconv.ParseBool(v)
 			if err != nil {
 				writeError(w, api.BadRequest("stale", "%q is not true or false", v))
@@ -347,8 +356,11 @@ func DecodeSubmit(body []byte, header string) (api.TaskSpec, error) {
 }
 
 // DecodeBatch decodes and normalizes the body of POST /v1/tasks/batch.
+// Errors inside a task name it: tasks[3].args.
 func DecodeBatch(body []byte) ([]api.TaskSpec, error) {
-	var req api.BatchRequest
+	var req struct {
+		Tasks []json.RawMessage `json:"tasks"`
+	}
 	if err := DecodeJSON(body, &req); err != nil {
 		return nil, err
 	}
@@ -358,12 +370,56 @@ func DecodeBatch(body []byte) ([]api.TaskSpec, error) {
 	if len(req.Tasks) > api.MaxBatchTasks {
 		return nil, api.BadRequest("tasks", "has %d tasks; the limit is %d", len(req.Tasks), api.MaxBatchTasks)
 	}
-	for i := range req.Tasks {
-		if err := req.Tasks[i].Normalize("tasks[" + strconv.Itoa(i) + "]"); err != nil {
+	specs := make([]api.TaskSpec, len(req.Tasks))
+	for i, raw := range req.Tasks {
+		prefix := "tasks[" + strconv.Itoa(i) + "]"
+		if err := DecodeJSON(raw, &specs[i]); err != nil {
+			return nil, prefixField(err, prefix)
+		}
+		if err := specs[i].Normalize(prefix); err != nil {
 			return nil, err
 		}
 	}
-	return req.Tasks, nil
+	return specs, nil
+}
+
+// prefixField puts prefix before the field an *api.Error names (or names
+// prefix itself when the error names none).
+func prefixField(err error, prefix string) error {
+	var e *api.Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	out := *e
+	if out.Field == "" {
+		out.Field = prefix
+		out.Message = prefix + ": " + out.Message
+	} else {
+		out.Message = prefix + "." + out.Message
+		out.Field = prefix + "." + out.Field
+	}
+	return &out
+}
+
+// query parses the request's query strictly: a malformed escape is a 400
+// naming the parameter.
+func query(r *http.Request) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		field := ""
+		for _, part := range strings.Split(r.URL.RawQuery, "&") {
+			k, v, _ := strings.Cut(part, "=")
+			if _, kerr := url.QueryUnescape(k); kerr != nil {
+				break
+			}
+			if _, verr := url.QueryUnescape(v); verr != nil {
+				field, _ = url.QueryUnescape(k)
+				break
+			}
+		}
+		return nil, api.BadRequest(field, "malformed query string: %v", err)
+	}
+	return q, nil
 }
 
 func (s *Server) submit(w http.ResponseWriter, r *http.Request, body []byte, _ bool) {
@@ -409,7 +465,12 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, _ []byte, lin bool)
 		writeError(w, err)
 		return
 	}
-	wait, err := api.ParseWait(r.URL.Query().Get("wait"))
+	q, err := query(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	wait, err := api.ParseWait(q.Get("wait"))
 	if err != nil {
 		writeError(w, err)
 		return
@@ -455,7 +516,12 @@ func ParseListQuery(q map[string][]string) (api.ListFilter, error) {
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request, _ []byte, lin bool) {
-	f, err := ParseListQuery(r.URL.Query())
+	q, err := query(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	f, err := ParseListQuery(q)
 	if err != nil {
 		writeError(w, err)
 		return

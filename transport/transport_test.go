@@ -1239,8 +1239,8 @@ func TestDecode_FieldNamesInBatches(t *testing.T) {
 // TestDecodeJSON_Messages checks the wording of decoding errors.
 func TestDecodeJSON_Messages(t *testing.T) {
 	for _, tt := range []struct{ body, want string }{
-		{`[]`, "expected a JSON object, got array"},
-		{`"x"`, "expected a JSON object, got string"},
+		{`[]`, "expected an object, got array"},
+		{`"x"`, "expected an object, got string"},
 		{`{"args":"x"}`, "args: expected an array, got string"},
 		{`{"args":["x"]} {}`, "unexpected data after the JSON object"},
 		{`{"args":`, "the JSON body ends too early"},

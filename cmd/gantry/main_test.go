@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gantryhq/gantry/api"
+	"github.com/spf13/cobra"
+)
+
+func TestEnvName(t *testing.T) {
+	for flag, want := range map[string]string{
+		"data-dir":               "GANTRY_DATA_DIR",
+		"addr":                   "GANTRY_ADDR",
+		"raft-heartbeat-timeout": "GANTRY_RAFT_HEARTBEAT_TIMEOUT",
+		"log-json":               "GANTRY_LOG_JSON",
+		"id":                     "GANTRY_ID",
+	} {
+		if got := envName(flag); got != want {
+			t.Errorf("envName(%q) = %q, want %q", flag, got, want)
+		}
+	}
+}
+
+// parsed returns the master command with args parsed and the environment
+// applied, as the root command's PersistentPreRunE does.
+func parsed(t *testing.T, args ...string) (*cobra.Command, error) {
+	t.Helper()
+	cmd := newMasterCmd()
+	if err := cmd.ParseFlags(args); err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	return cmd, applyEnv(cmd)
+}
+
+func flagValue(t *testing.T, cmd *cobra.Command, name string) string {
+	t.Helper()
+	f := cmd.Flags().Lookup(name)
+	if f == nil {
+		t.Fatalf("no flag --%s", name)
+	}
+	return f.Value.String()
+}
+
+func TestApplyEnv_SetsFlagsFromTheEnvironment(t *testing.T) {
+	t.Setenv("GANTRY_DATA_DIR", "/var/lib/gantry")
+	t.Setenv("GANTRY_RAFT_HEARTBEAT_TIMEOUT", "750ms")
+	t.Setenv("GANTRY_JOIN", "m1:7946,m2:7946")
+	t.Setenv("GANTRY_LOG_JSON", "true")
+	t.Setenv("GANTRY_SNAPSHOT_THRESHOLD", "42")
+	cmd, err := parsed(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{
+		"data-dir":               "/var/lib/gantry",
+		"raft-heartbeat-timeout": "750ms",
+		"join":                   "[m1:7946,m2:7946]",
+		"log-json":               "true",
+		"snapshot-threshold":     "42",
+	} {
+		if got := flagValue(t, cmd, name); got != want {
+			t.Errorf("--%s = %q, want %q", name, got, want)
+		}
+		if !cmd.Flags().Lookup(name).Changed {
+			t.Errorf("--%s set from the environment is not marked changed", name)
+		}
+	}
+	// Flags without a variable keep their defaults.
+	if got := flagValue(t, cmd, "http"); got != "127.0.0.1:8080" {
+		t.Errorf("--http = %q, want the default", got)
+	}
+	if cmd.Flags().Lookup("http").Changed {
+		t.Error("--http is marked changed without a variable")
+	}
+}
+
+func TestApplyEnv_CommandLineWins(t *testing.T) {
+	t.Setenv("GANTRY_DATA_DIR", "/from/env")
+	t.Setenv("GANTRY_ID", "env-id")
+	t.Setenv("GANTRY_JOIN", "env:1")
+	cmd, err := parsed(t, "--data-dir", "/from/cli", "--join=cli:1,cli:2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := flagValue(t, cmd, "data-dir"); got != "/from/cli" {
+		t.Errorf("--data-dir = %q, want the command line's /from/cli", got)
+	}
+	if got := flagValue(t, cmd, "join"); got != "[cli:1,cli:2]" {
+		t.Errorf("--join = %q, want the command line's", got)
+	}
+	if got := flagValue(t, cmd, "id"); got != "env-id" {
+		t.Errorf("--id = %q, want env-id from the environment", got)
+	}
+	// Even a bad variable does not matter when the flag was given.
+	t.Setenv("GANTRY_RAFT_ELECTION_TIMEOUT", "never")
+	if _, err := parsed(t, "--raft-election-timeout", "2s"); err != nil {
+		t.Errorf("a bad variable for a flag given on the command line: %v", err)
+	}
+}
+
+func TestApplyEnv_BadValueNamesTheVariable(t *testing.T) {
+	t.Setenv("GANTRY_RAFT_HEARTBEAT_TIMEOUT", "soon")
+	t.Setenv("GANTRY_SNAPSHOT_THRESHOLD", "-3")
+	_, err := parsed(t)
+	if err == nil {
+		t.Fatal("no error for bad values")
+	}
+	for _, want := range []string{"GANTRY_RAFT_HEARTBEAT_TIMEOUT", `"soon"`, "GANTRY_SNAPSHOT_THRESHOLD", `"-3"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestRoot_EnvironmentReachesSubcommands(t *testing.T) {
+	// A bad variable fails the command before it does anything.
+	t.Setenv("GANTRY_REQUEST_TIMEOUT", "eventually")
+	_, _, err := execute(t, "status", "--addr", "http://127.0.0.1:1")
+	if err == nil || !strings.Contains(err.Error(), "GANTRY_REQUEST_TIMEOUT") {
+		t.Errorf("status with a bad GANTRY_REQUEST_TIMEOUT: %v", err)
+	}
+	// GANTRY_ADDR replaces the default master list.
+	srv := fakeAPI(t, api.Task{ID: api.FormatTaskID(5), State: api.StateSucceeded})
+	t.Setenv("GANTRY_REQUEST_TIMEOUT", "20s")
+	t.Setenv("GANTRY_ADDR", srv.URL)
+	out, _, err := execute(t, "task", "get", api.FormatTaskID(5))
+	if err != nil {
+		t.Fatalf("task get: %v", err)
+	}
+	var task api.Task
+	if err := json.Unmarshal([]byte(out), &task); err != nil || task.ID != api.FormatTaskID(5) {
+		t.Errorf("task get printed %q (%v)", out, err)
+	}
+}
+
+func TestDescribe(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{api.NotFoundf("task 00000000000000ff not found"), "task 00000000000000ff not found (HTTP 404)"},
+		{fmt.Errorf("cancel: %w", api.Conflictf("task x is already succeeded")), "task x is already succeeded (HTTP 409)"},
+		{api.BadRequest("timeout", "%q is not a duration", "abc"), `timeout: "abc" is not a duration (HTTP 400)`},
+		{api.Unavailablef(api.CodeNoLeader, "no leader was elected within 5s; retry"), "no leader was elected within 5s; retry (HTTP 503)"},
+		{&api.Error{Code: api.CodeBadRequest, Field: "args"}, "args: invalid"},
+		{errors.New("dial tcp 127.0.0.1:8081: connect: connection refused"), "dial tcp 127.0.0.1:8081: connect: connection refused"},
+	} {
+		if got := describe(tt.err); got != tt.want {
+			t.Errorf("describe(%v) = %q, want %q", tt.err, got, tt.want)
+		}
+	}
+}
+
+func TestReportFinished(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		task       api.Task
+		code       int // 0: no error
+		stdout     string
+		stderrHas  string
+		stderrNone bool
+	}{
+		{
+			name:       "succeeded",
+			task:       api.Task{ID: "t1", State: api.StateSucceeded, Attempt: 1, Result: &api.Result{Output: "hello\n"}},
+			stdout:     "hello\n",
+			stderrNone: true,
+		},
+		{
+			name:   "succeeded with truncated output",
+			task:   api.Task{ID: "t1", State: api.StateSucceeded, Attempt: 1, Result: &api.Result{Output: "lots", Truncated: true}},
+			stdout: "lots", stderrHas: "truncated",
+		},
+		{
+			name:   "failed with exit code 3",
+			task:   api.Task{ID: "t2", State: api.StateFailed, Attempt: 1, Result: &api.Result{ExitCode: 3, Output: "oops\n", Error: "exit status 3"}},
+			code:   3,
+			stdout: "oops\n", stderrHas: "task t2 failed after 1 attempt(s): exit status 3",
+		},
+		{
+			name: "failed with exit code 255",
+			task: api.Task{ID: "t2", State: api.StateFailed, Attempt: 3, Result: &api.Result{ExitCode: 255}},
+			code: 255, stderrHas: "failed after 3 attempt(s)",
+		},
+		{
+			name: "timed out without an exit code",
+			task: api.Task{ID: "t3", State: api.StateFailed, Attempt: 2, Result: &api.Result{ExitCode: -1, Error: "timed out after 1s"}},
+			code: 1, stderrHas: "timed out after 1s",
+		},
+		{
+			name: "failed without a result",
+			task: api.Task{ID: "t4", State: api.StateFailed, Attempt: 3},
+			code: 1, stderrHas: "task t4 failed after 3 attempt(s)",
+		},
+		{
+			name: "canceled",
+			task: api.Task{ID: "t5", State: api.StateCanceled},
+			code: 1, stderrHas: "task t5 was canceled",
+		},
+	} {
+		for _, asJSON := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/json=%v", tt.name, asJSON), func(t *testing.T) {
+				var out, errOut bytes.Buffer
+				cmd := &cobra.Command{}
+				cmd.SetOut(&out)
+				cmd.SetErr(&errOut)
+				err := reportFinished(cmd, tt.task, asJSON)
+				checkExit(t, err, tt.code)
+				if asJSON {
+					var got api.Task
+					if err := json.Unmarshal(out.Bytes(), &got); err != nil || got.ID != tt.task.ID {
+						t.Errorf("--json printed %q (%v)", out.String(), err)
+					}
+				} else if out.String() != tt.stdout {
+					t.Errorf("stdout %q, want %q", out.String(), tt.stdout)
+				}
+				if tt.stderrNone && errOut.Len() != 0 {
+					t.Errorf("stderr %q, want nothing", errOut.String())
+				}
+				if !asJSON && tt.stderrHas != "" && !strings.Contains(errOut.String(), tt.stderrHas) {
+					t.Errorf("stderr %q, want it to contain %q", errOut.String(), tt.stderrHas)
+				}
+			})
+		}
+	}
+}
+
+func checkExit(t *testing.T, err error, code int) {
+	t.Helper()
+	if code == 0 {
+		if err != nil {
+			t.Errorf("error %v, want none", err)
+		}
+		return
+	}
+	var ee exitError
+	if !errors.As(err, &ee) || ee.code != code {
+		t.Errorf("error %v, want exit code %d", err, code)
+	}
+}
+
+// fakeAPI serves POST /v1/tasks (answering with final's ID) and GET
+// /v1/tasks/{id} (answering final, as a long poll would once it ends).
+func fakeAPI(t *testing.T, final api.Task) *httptest.Server {
+	t.Helper()
+	var mu sync.Mutex
+	var submitted []api.TaskSpec
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/tasks", func(w http.ResponseWriter, r *http.Request) {
+		var spec api.TaskSpec
+		if err := json.NewDecoder(r.Body).Decode(&spec); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		mu.Lock()
+		submitted = append(submitted, spec)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_ = json.NewEncoder(w).Encode(api.Task{ID: final.ID, State: api.StatePending, Args: spec.Args, MaxAttempts: spec.MaxAttempts, IdempotencyKey: spec.IdempotencyKey})
+	})
+	mux.HandleFunc("GET /v1/tasks/{id}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.PathValue("id") != final.ID {
+			w.WriteHeader(404)
+			_ = json.NewEncoder(w).Encode(api.NotFoundf("task %s not found", r.PathValue("id")))
+			return
+		}
+		_ = json.NewEncoder(w).Encode(final)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// execute runs the root command with args and returns its output.
+func execute(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(args)
+	done := make(chan error, 1)
+	go func() { done <- root.Execute() }()
+	select {
+	case err := <-done:
+		return out.String(), errOut.String(), err
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("gantry %q did not finish", args)
+		return "", "", nil
+	}
+}
+
+func TestSubmitWait_ExitCodes(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		final  api.Task
+		code   int
+		stdout string
+	}{
+		{"succeeded", api.Task{ID: api.FormatTaskID(1), State: api.StateSucceeded, Attempt: 1, Result: &api.Result{Output: "hello\n"}}, 0, "hello\n"},
+		{"exit 3", api.Task{ID: api.FormatTaskID(2), State: api.StateFailed, Attempt: 1, Result: &api.Result{ExitCode: 3, Error: "exit status 3"}}, 3, ""},
+		{"canceled", api.Task{ID: api.FormatTaskID(3), State: api.StateCanceled}, 1, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := fakeAPI(t, tt.final)
+			out, _, err := execute(t, "submit", "--addr", srv.URL, "--wait", "--max-attempts", "1", "--", "sh", "-c", "echo hello")
+			checkExit(t, err, tt.code)
+			if out != tt.stdout {
+				t.Errorf("stdout %q, want %q", out, tt.stdout)
+			}
+		})
+	}
+	// Without --wait the ID is printed and the exit code is 0.
+	srv := fakeAPI(t, api.Task{ID: api.FormatTaskID(9), State: api.StateFailed})
+	out, _, err := execute(t, "submit", "--addr", srv.URL, "--", "false")
+	if err != nil || out != api.FormatTaskID(9)+"\n" {
+		t.Errorf("submit without --wait: %q %v", out, err)
+	}
+	// A refused submission is an API error, described with its status.
+	out, _, err = execute(t, "task", "get", "--addr", srv.URL, api.FormatTaskID(8))
+	if !errors.Is(err, api.ErrNotFound) || !strings.Contains(describe(err), "(HTTP 404)") {
+		t.Errorf("task get of an unknown task: %q %v", out, err)
+	}
+}
