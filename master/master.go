@@ -141,43 +141,9 @@ func (m *Master) Start() error {
 		Logger:  m.log.Named("raft-net"),
 	})
 
-	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(m.cfg.ID)
-	rc.HeartbeatTimeout = m.cfg.HeartbeatTimeout
-	rc.ElectionTimeout = m.cfg.ElectionTimeout
-	rc.LeaderLeaseTimeout = m.cfg.LeaderLeaseTimeout
-	rc.SnapshotInterval = m.cfg.SnapshotInterval
-	rc.SnapshotThreshold = m.cfg.SnapshotThreshold
-	rc.TrailingLogs = m.cfg.TrailingLogs
-	rc.NotifyCh = m.notifyCh
-	rc.BatchApplyCh = true
-	rc.Logger = m.log.Named("raft")
-
-	existing, err := raft.HasExistingState(logs, store, snaps)
-	if err != nil {
-		m.trans.Close()
-		store.Close()
-		return fmt.Errorf("read raft state: %w", err)
-	}
-	r, err := raft.NewRaft(rc, m.fsm, logs, store, snaps, m.trans)
-	if err != nil {
-		m.trans.Close()
-		store.Close()
-		return fmt.Errorf("start raft: %w", err)
-	}
-	m.raft = r
-	if !existing && len(m.cfg.Peers) > 0 {
-		var conf raft.Configuration
-		for _, p := range m.cfg.Peers {
-			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Addr)})
-		}
-		if err := r.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
-			m.log.Error("bootstrap failed", "error", err)
-		} else if err == nil {
-			m.log.Info("bootstrapped the cluster", "voters", len(conf.Servers))
-		}
-	}
-
+	// Gossip first: it is the last thing here that can fail for a reason as
+	// mundane as a port in use, and once raft runs, its goroutines may use
+	// the store at any moment, so it must not be torn down casually.
 	m.gossip = membership.New(membership.Config{
 		BindAddr:      m.cfg.GossipBind,
 		AdvertiseAddr: m.cfg.GossipAdvertise,
@@ -198,10 +164,48 @@ func (m *Master) Start() error {
 		},
 	})
 	if err := m.gossip.Start(); err != nil {
-		r.Shutdown()
 		m.trans.Close()
 		store.Close()
 		return err
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(m.cfg.ID)
+	rc.HeartbeatTimeout = m.cfg.HeartbeatTimeout
+	rc.ElectionTimeout = m.cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = m.cfg.LeaderLeaseTimeout
+	rc.SnapshotInterval = m.cfg.SnapshotInterval
+	rc.SnapshotThreshold = m.cfg.SnapshotThreshold
+	rc.TrailingLogs = m.cfg.TrailingLogs
+	rc.NotifyCh = m.notifyCh
+	rc.BatchApplyCh = true
+	rc.Logger = m.log.Named("raft")
+
+	existing, err := raft.HasExistingState(logs, store, snaps)
+	if err != nil {
+		_ = m.gossip.Shutdown()
+		m.trans.Close()
+		store.Close()
+		return fmt.Errorf("read raft state: %w", err)
+	}
+	r, err := raft.NewRaft(rc, m.fsm, logs, store, snaps, m.trans)
+	if err != nil {
+		_ = m.gossip.Shutdown()
+		m.trans.Close()
+		store.Close()
+		return fmt.Errorf("start raft: %w", err)
+	}
+	m.raft = r
+	if !existing && len(m.cfg.Peers) > 0 {
+		var conf raft.Configuration
+		for _, p := range m.cfg.Peers {
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Addr)})
+		}
+		if err := r.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			m.log.Error("bootstrap failed", "error", err)
+		} else if err == nil {
+			m.log.Info("bootstrapped the cluster", "voters", len(conf.Servers))
+		}
 	}
 	m.started = true
 	m.wg.Add(4)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -85,22 +86,42 @@ type WorkerNode struct {
 // Up reports whether the node is running.
 func (n *WorkerNode) Up() bool { return n.up }
 
-// FreePort returns a loopback port that was free a moment ago (TCP and UDP,
-// since memberlist needs both).
+// Ports are picked from [portLow, portHigh): below Linux's ephemeral range
+// (32768 and up), so outgoing connections never take a port between the
+// moment it is picked and the moment a node binds it; a port is never handed
+// out twice in one test process.
+const (
+	portLow  = 12000
+	portHigh = 32000
+)
+
+var (
+	portMu   sync.Mutex
+	portUsed = map[int]bool{}
+)
+
+// FreePort returns a loopback port, free for TCP and UDP (memberlist needs
+// both) when checked, and not handed out before in this process.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	for i := 0; i < 50; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("free port: %v", err)
+	portMu.Lock()
+	defer portMu.Unlock()
+	for i := 0; i < 1000; i++ {
+		port := portLow + rand.IntN(portHigh-portLow)
+		if portUsed[port] {
+			continue
 		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		ln, err := net.Listen("tcp", addr(port))
+		if err != nil {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", addr(port))
 		ln.Close()
 		if err != nil {
 			continue
 		}
 		pc.Close()
+		portUsed[port] = true
 		return port
 	}
 	t.Fatal("no free port")
