@@ -317,9 +317,14 @@ func (m *Master) Cluster(ctx context.Context, linearizable bool) (api.ClusterSta
 	wg.Wait()
 
 	running := m.fsm.RunningCounts()
+	ls := m.leading()
 	for _, w := range m.workerViews() {
+		state := w.State
+		if state == membership.StateAlive && ls != nil && ls.dispatch.isSuspect(w.ID) {
+			state = membership.StateSuspect // alive in gossip, but not answering the leader
+		}
 		st.Workers = append(st.Workers, api.WorkerStatus{
-			ID: w.ID, HTTPAddr: w.HTTP, State: w.State, Slots: w.Slots, Running: running[w.ID], Draining: w.Draining,
+			ID: w.ID, HTTPAddr: w.HTTP, State: state, Slots: w.Slots, Running: running[w.ID], Draining: w.Draining || w.Leaving,
 		})
 	}
 	sort.Slice(st.Workers, func(i, j int) bool { return st.Workers[i].ID < st.Workers[j].ID })

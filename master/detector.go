@@ -125,6 +125,7 @@ func (x *detector) check(poll bool) {
 	// Workers that answered: they are found; requeue what they lost and stop
 	// what is not current.
 	for id, pr := range polls {
+		x.d.setSuspect(id, pr.err != nil)
 		if pr.err != nil {
 			continue
 		}

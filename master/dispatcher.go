@@ -37,18 +37,22 @@ type dispatcher struct {
 	pushes map[api.AttemptRef]time.Time // zero while the push is in flight, else when it ended
 	avoid  map[string]time.Time         // worker ID -> no new work before this time
 	lost   map[string]bool              // workers the detector declared lost until they answer again
+	// suspect holds workers whose last answer to the detector failed: they
+	// get no new work, and /v1/cluster shows them as suspect.
+	suspect map[string]bool
 }
 
 func newDispatcher(m *Master, ls *leaderState) *dispatcher {
 	return &dispatcher{
-		m:      m,
-		ls:     ls,
-		log:    m.log.Named("dispatcher"),
-		kick:   make(chan struct{}, 1),
-		sem:    make(chan struct{}, maxPushInflight),
-		pushes: make(map[api.AttemptRef]time.Time),
-		avoid:  make(map[string]time.Time),
-		lost:   make(map[string]bool),
+		m:       m,
+		ls:      ls,
+		log:     m.log.Named("dispatcher"),
+		kick:    make(chan struct{}, 1),
+		sem:     make(chan struct{}, maxPushInflight),
+		pushes:  make(map[api.AttemptRef]time.Time),
+		avoid:   make(map[string]time.Time),
+		lost:    make(map[string]bool),
+		suspect: make(map[string]bool),
 	}
 }
 
@@ -98,7 +102,7 @@ func (d *dispatcher) once() time.Duration {
 	var ws []*freeWorker
 	total := 0
 	for _, v := range views {
-		if v.State != membership.StateAlive || v.Draining || d.lost[v.ID] || t0.Before(d.avoid[v.ID]) {
+		if v.State != membership.StateAlive || v.Draining || v.Leaving || d.lost[v.ID] || d.suspect[v.ID] || t0.Before(d.avoid[v.ID]) {
 			continue
 		}
 		if free := v.Slots - running[v.ID]; free > 0 {
@@ -254,6 +258,25 @@ func (d *dispatcher) setLost(id string, lost bool) {
 		delete(d.avoid, id)
 		d.poke()
 	}
+}
+
+// setSuspect records whether the worker's last answer to the detector failed.
+func (d *dispatcher) setSuspect(id string, suspect bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if suspect {
+		d.suspect[id] = true
+	} else if d.suspect[id] {
+		delete(d.suspect, id)
+		d.poke()
+	}
+}
+
+// isSuspect reports whether the worker's last answer failed.
+func (d *dispatcher) isSuspect(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.suspect[id] || d.lost[id]
 }
 
 // prune drops push bookkeeping of attempts no longer running.

@@ -32,7 +32,7 @@ type Master struct {
 	fsm     *fsm.FSM
 	raft    *raft.Raft
 	trans   *raft.NetworkTransport
-	store   *raftboltdb.BoltStore
+	store   *guardedStore
 	gossip  *membership.Membership
 	workers *transport.WorkerClient
 	peers   *transport.Client // to other masters, one address at a time
@@ -95,13 +95,14 @@ func (m *Master) Start() error {
 	if err := os.MkdirAll(filepath.Join(m.cfg.DataDir, "snapshots"), 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	store, err := raftboltdb.New(raftboltdb.Options{
+	bolt, err := raftboltdb.New(raftboltdb.Options{
 		Path:        filepath.Join(m.cfg.DataDir, "raft.db"),
 		BoltOptions: &bbolt.Options{Timeout: 2 * time.Second, NoFreelistSync: true},
 	})
 	if err != nil {
 		return fmt.Errorf("open raft store in %s (is another master using it?): %w", m.cfg.DataDir, err)
 	}
+	store := &guardedStore{s: bolt}
 	m.store = store
 	logs, err := raft.NewLogCache(512, store)
 	if err != nil {

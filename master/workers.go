@@ -13,6 +13,7 @@ type workerView struct {
 	State    string // alive, suspect, dead, left
 	Slots    int
 	Draining bool
+	Leaving  bool
 	Started  int64
 }
 
@@ -29,7 +30,7 @@ func (m *Master) workerViews() map[string]workerView {
 		if mb.Role != membership.RoleWorker || mb.ID == "" {
 			continue
 		}
-		v := workerView{ID: mb.ID, HTTP: mb.HTTP, Node: mb.Name, State: mb.State, Slots: mb.Slots, Draining: mb.Draining, Started: mb.Started}
+		v := workerView{ID: mb.ID, HTTP: mb.HTTP, Node: mb.Name, State: mb.State, Slots: mb.Slots, Draining: mb.Draining, Leaving: mb.Leaving, Started: mb.Started}
 		cur, ok := out[mb.ID]
 		switch {
 		case !ok:

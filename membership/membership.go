@@ -50,7 +50,7 @@ type Meta struct {
 	Started  int64  `json:"t"`            // process start, unix nanoseconds: the newest node of an ID wins
 	Version  string `json:"v,omitempty"`  // gantry version
 	Cluster  string `json:"c,omitempty"`  // cluster name, informational (Label enforces it)
-	Extra    string `json:"x,omitempty"`  // reserved
+	Leaving  bool   `json:"l,omitempty"`  // the node is leaving gracefully (others report it as left)
 }
 
 // Member is one node as this process sees it.
@@ -60,11 +60,6 @@ type Member struct {
 	State string // alive, suspect, dead or left
 	Since time.Time
 	Meta
-}
-
-type seen struct {
-	state string
-	at    time.Time
 }
 
 // Config configures a Membership.
@@ -99,10 +94,14 @@ type Membership struct {
 	ml     *memberlist.Memberlist
 	change chan struct{} // capacity 1: coalesced change notifications
 
+	// mu guards nodes. It is never held while calling into memberlist:
+	// memberlist calls the event callbacks, which take mu, under its own
+	// node lock, so the opposite order would deadlock.
 	mu    sync.Mutex
-	meta  Meta              // guarded by mu; what NodeMeta returns
-	gone  map[string]Member // name -> dead or left member, guarded by mu
-	since map[string]seen   // name -> its state and when that was first seen, guarded by mu
+	nodes map[string]Member // name -> last known state, copied in the callbacks
+
+	metaMu sync.Mutex
+	meta   Meta // guarded by metaMu; what NodeMeta returns
 
 	stop     chan struct{}
 	done     chan struct{}
@@ -131,8 +130,7 @@ func New(cfg Config) *Membership {
 		log:    cfg.Logger.Named("gossip"),
 		change: make(chan struct{}, 1),
 		meta:   cfg.Meta,
-		gone:   make(map[string]Member),
-		since:  make(map[string]seen),
+		nodes:  make(map[string]Member),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}
@@ -290,10 +288,9 @@ func (m *Membership) forget() {
 	cutoff := time.Now().Add(-m.cfg.ForgetAfter)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for name, g := range m.gone {
-		if g.Since.Before(cutoff) {
-			delete(m.gone, name)
-			delete(m.since, name)
+	for name, n := range m.nodes {
+		if n.State != StateAlive && n.Since.Before(cutoff) {
+			delete(m.nodes, name)
 		}
 	}
 }
@@ -309,52 +306,32 @@ func (m *Membership) kick() {
 	}
 }
 
-// Members returns every member this node knows: alive and suspect ones from
-// memberlist, and dead or left ones it still remembers, sorted by name.
+// Members returns every member this node knows, sorted by name: alive ones,
+// and dead or left ones it still remembers (ForgetAfter). The states come
+// from memberlist's join, update and leave notifications; memberlist does not
+// report suspicion through its API, so no member is ever "suspect" here.
 func (m *Membership) Members() []Member {
-	var out []Member
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	live := map[string]bool{}
-	if m.ml != nil {
-		for _, n := range m.ml.Members() {
-			meta, err := decodeMeta(n.Meta)
-			if err != nil {
-				continue
-			}
-			st := StateAlive
-			if n.State == memberlist.StateSuspect {
-				st = StateSuspect
-			}
-			s, ok := m.since[n.Name]
-			if !ok || s.state != st {
-				s = seen{state: st, at: time.Now()}
-				m.since[n.Name] = s
-			}
-			live[n.Name] = true
-			out = append(out, Member{Name: n.Name, Addr: n.Address(), State: st, Since: s.at, Meta: meta})
-		}
+	out := make([]Member, 0, len(m.nodes))
+	for _, n := range m.nodes {
+		out = append(out, n)
 	}
-	for name, g := range m.gone {
-		if !live[name] {
-			out = append(out, g)
-		}
-	}
+	m.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
 // UpdateMeta changes this node's metadata and gossips it.
 func (m *Membership) UpdateMeta(update func(*Meta)) error {
-	m.mu.Lock()
+	m.metaMu.Lock()
 	next := m.meta
 	update(&next)
 	if _, err := encodeMeta(next); err != nil {
-		m.mu.Unlock()
+		m.metaMu.Unlock()
 		return err
 	}
 	m.meta = next
-	m.mu.Unlock()
+	m.metaMu.Unlock()
 	if m.ml == nil {
 		return nil
 	}
@@ -363,13 +340,17 @@ func (m *Membership) UpdateMeta(update func(*Meta)) error {
 
 // LocalMeta returns this node's current metadata.
 func (m *Membership) LocalMeta() Meta {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.metaMu.Lock()
+	defer m.metaMu.Unlock()
 	return m.meta
 }
 
 // Leave tells the pool this node is leaving and waits up to timeout for the
 // message to spread. The node keeps answering gossip until Shutdown.
+//
+// memberlist v0.7.0 does not tell others whether a node died or left (its
+// Node.State is never updated), so the intent travels in the metadata first:
+// others see Leaving and report the node as left rather than dead.
 func (m *Membership) Leave(timeout time.Duration) error {
 	if m.ml == nil {
 		return nil
@@ -378,6 +359,9 @@ func (m *Membership) Leave(timeout time.Duration) error {
 	case <-m.stop:
 		return errors.New("gossip already shut down")
 	default:
+	}
+	if err := m.UpdateMeta(func(meta *Meta) { meta.Leaving = true }); err != nil {
+		m.log.Warn("could not gossip the leave intent", "error", err)
 	}
 	return m.ml.Leave(timeout)
 }
@@ -423,8 +407,8 @@ type delegate Membership
 
 func (d *delegate) NodeMeta(limit int) []byte {
 	m := (*Membership)(d)
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.metaMu.Lock()
+	defer m.metaMu.Unlock()
 	b, err := encodeMeta(m.meta)
 	if err != nil || len(b) > limit {
 		return nil
@@ -437,30 +421,31 @@ func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 
 // events implements memberlist.EventDelegate. Its callbacks run under
-// memberlist's locks: they only record and kick, never block.
+// memberlist's node lock: they copy what they need from the node (the node
+// is memberlist's and changes after they return), record it and kick,
+// never block.
 type events Membership
 
-func (e *events) NotifyJoin(n *memberlist.Node) {
+// record stores a copy of n in the given state.
+func (e *events) record(n *memberlist.Node, state string) {
 	m := (*Membership)(e)
+	meta, err := decodeMeta(n.Meta) // decodes into fresh memory: a copy
+	if err != nil {
+		return
+	}
+	if state == StateDead && meta.Leaving {
+		state = StateLeft
+	}
+	mb := Member{Name: n.Name, Addr: n.Address(), State: state, Since: time.Now(), Meta: meta}
 	m.mu.Lock()
-	delete(m.gone, n.Name)
+	if old, ok := m.nodes[n.Name]; ok && old.State == state {
+		mb.Since = old.Since
+	}
+	m.nodes[n.Name] = mb
 	m.mu.Unlock()
 	m.kick()
 }
 
-func (e *events) NotifyLeave(n *memberlist.Node) {
-	m := (*Membership)(e)
-	meta, err := decodeMeta(n.Meta)
-	if err == nil {
-		st := StateDead
-		if n.State == memberlist.StateLeft {
-			st = StateLeft
-		}
-		m.mu.Lock()
-		m.gone[n.Name] = Member{Name: n.Name, Addr: n.Address(), State: st, Since: time.Now(), Meta: meta}
-		m.mu.Unlock()
-	}
-	m.kick()
-}
-
-func (e *events) NotifyUpdate(n *memberlist.Node) { (*Membership)(e).kick() }
+func (e *events) NotifyJoin(n *memberlist.Node)   { e.record(n, StateAlive) }
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.record(n, StateAlive) }
+func (e *events) NotifyLeave(n *memberlist.Node)  { e.record(n, StateDead) }
