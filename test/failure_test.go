@@ -50,41 +50,24 @@ func failMarked(markDir, id string, attempt int) bool {
 // on errors.
 func failReadTask(c *Cluster, cl *transport.Client, id string) api.Task {
 	c.t.Helper()
-	var task api.Task
-	c.Eventually(30*time.Second, "a read of task "+id, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		var err error
-		task, err = cl.Task(ctx, id, transport.ReadOptions{})
-		return err == nil
+	return ReadEventually(c, "a read of task "+id, func(ctx context.Context) (api.Task, error) {
+		return cl.Task(ctx, id, transport.ReadOptions{})
 	})
-	return task
 }
 
 // failReadCluster reads /v1/cluster (linearizably), retrying only on errors.
 func failReadCluster(c *Cluster, cl *transport.Client) api.ClusterStatus {
 	c.t.Helper()
-	var st api.ClusterStatus
-	c.Eventually(30*time.Second, "a read of /v1/cluster", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		var err error
-		st, err = cl.Cluster(ctx, transport.ReadOptions{})
-		return err == nil
+	return ReadEventually(c, "a read of /v1/cluster", func(ctx context.Context) (api.ClusterStatus, error) {
+		return cl.Cluster(ctx, transport.ReadOptions{})
 	})
-	return st
 }
 
 // failReadAll lists every task (linearizably), retrying only on errors.
 func failReadAll(c *Cluster, cl *transport.Client) api.TaskList {
 	c.t.Helper()
-	var list api.TaskList
-	c.Eventually(30*time.Second, "a list of all tasks", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		var err error
-		list, err = cl.List(ctx, api.ListFilter{Limit: api.MaxListLimit}, transport.ReadOptions{})
-		return err == nil
+	list := ReadEventually(c, "a list of all tasks", func(ctx context.Context) (api.TaskList, error) {
+		return cl.List(ctx, api.ListFilter{Limit: api.MaxListLimit}, transport.ReadOptions{})
 	})
 	if list.Next != "" {
 		c.t.Fatalf("more than %d tasks: the test lists one page only", api.MaxListLimit)

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -489,4 +490,35 @@ func isNetErr(err error) bool {
 // Exec returns an exec spec for a shell script.
 func Exec(script string) api.TaskSpec {
 	return api.TaskSpec{Args: []string{"sh", "-c", script}}
+}
+
+// ReadEventually calls read (with a 5s context) until it returns no error,
+// for up to 30s, and returns its value.
+func ReadEventually[T any](c *Cluster, what string, read func(ctx context.Context) (T, error)) T {
+	c.t.Helper()
+	var v T
+	c.Eventually(30*time.Second, what, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var err error
+		v, err = read(ctx)
+		return err == nil
+	})
+	return v
+}
+
+// ProcessGone reports whether pid no longer runs: it does not exist, or it
+// is a zombie waiting to be reaped.
+func ProcessGone(pid int) bool {
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return os.IsNotExist(err)
+	}
+	// "pid (comm) state ...": comm may hold spaces and parentheses.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
 }

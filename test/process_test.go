@@ -180,26 +180,11 @@ func (d *procDev) pids() []int {
 // ours reports whether pid is still one of our gantry processes (and not a
 // zombie, nor a reused PID).
 func (d *procDev) ours(pid int) bool {
-	if procGone(pid) {
+	if ProcessGone(pid) {
 		return false
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	return err == nil && bytes.HasPrefix(cmdline, []byte(d.bin+"\x00"))
-}
-
-// procGone reports whether pid has exited (a zombie counts as exited).
-func procGone(pid int) bool {
-	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-		return true
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return os.IsNotExist(err)
-	}
-	// "pid (comm) state ...": comm may hold spaces and parentheses.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
 }
 
 // status reads the cluster status through the given masters, retrying

@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -93,25 +92,6 @@ func semTouch(t *testing.T, path string) {
 // then.
 func semGateScript(gate, then string) string {
 	return "while [ ! -e " + semQuote(gate) + " ]; do sleep 0.05; done; " + then
-}
-
-// semProcessGone reports whether pid no longer runs: it does not exist
-// (ESRCH) or is a zombie waiting to be reaped.
-func semProcessGone(pid int) bool {
-	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-		return true
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return os.IsNotExist(err)
-	}
-	// pid (comm) state ...: comm may hold spaces and parentheses.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return false
-	}
-	return s[i+2] == 'Z'
 }
 
 // semHTTP sends one raw request to base and returns the status and body.
@@ -281,7 +261,7 @@ func TestSemantics_Timeout(t *testing.T) {
 			t.Fatalf("pid file: %v", err)
 		}
 		c.Eventually(semDeadline, fmt.Sprintf("process %d of the timed-out task to be killed", pid), func() bool {
-			return semProcessGone(pid)
+			return ProcessGone(pid)
 		})
 	}
 }
@@ -449,7 +429,7 @@ func TestSemantics_Cancel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pid file: %v", err)
 	}
-	if semProcessGone(pid) {
+	if ProcessGone(pid) {
 		t.Fatalf("process %d of the running task is not running before the cancel", pid)
 	}
 	canceled, err = cl.Cancel(semCtx(t), running)
@@ -461,7 +441,7 @@ func TestSemantics_Cancel(t *testing.T) {
 	}
 	semCheckHistory(t, canceled, api.OutcomeCanceled)
 	c.Eventually(semDeadline, fmt.Sprintf("process %d of the canceled task to be killed", pid), func() bool {
-		return semProcessGone(pid)
+		return ProcessGone(pid)
 	})
 	next := c.Submit(cl, Exec("echo next")).ID
 	semSucceededOnce(t, c.WaitTerminal(cl, next, semDeadline), "next\n")
