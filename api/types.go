@@ -303,3 +303,57 @@ type ResultsRequest struct {
 type ResultsResponse struct {
 	Errors []string `json:"errors"`
 }
+
+// Scaling modes.
+const (
+	ScaleAuto  = "auto"  // the desired count follows the backlog between min and max
+	ScaleFixed = "fixed" // the desired count is count
+)
+
+// ScalePolicy says how many worker containers the leader keeps. It is
+// replicated state: PUT /v1/scale commits it.
+type ScalePolicy struct {
+	Mode             string `json:"mode"`
+	Count            int    `json:"count"`              // fixed mode
+	Min              int    `json:"min"`                // auto mode
+	Max              int    `json:"max"`                // auto mode
+	BacklogPerWorker int    `json:"backlog_per_worker"` // auto: one worker per this many pending+running tasks
+	Cooldown         string `json:"cooldown"`           // auto: the desired count must stay lower this long before scaling down
+}
+
+// Managed worker states, as the replicated record knows them.
+const (
+	ManagedCreating = "creating" // intent committed; the container may not exist yet
+	ManagedRunning  = "running"  // created and started
+	ManagedDraining = "draining" // gets no new attempts; removed once idle
+	ManagedRemoving = "removing" // intent committed; the container is being stopped and removed
+)
+
+// ManagedWorker is the replicated record of one worker container the leader
+// manages. Its name is the container's name and the worker's ID.
+type ManagedWorker struct {
+	Name  string    `json:"name"`
+	State string    `json:"state"`
+	Since time.Time `json:"since"`
+}
+
+// ManagedWorkerStatus is a managed worker as GET /v1/scale shows it: the
+// record, the container Docker reports, and the worker gossip reports.
+type ManagedWorkerStatus struct {
+	ManagedWorker
+	Container string `json:"container"` // running, created, exited, ... or missing
+	Worker    string `json:"worker"`    // gossip state: alive, suspect, dead, left, or unknown
+	Running   int    `json:"running"`   // attempts running on it
+}
+
+// ScaleStatus is the answer to GET /v1/scale.
+type ScaleStatus struct {
+	Policy      ScalePolicy           `json:"policy"`
+	Desired     int                   `json:"desired"`
+	Actual      int                   `json:"actual"` // managed containers running
+	Runtime     string                `json:"runtime"`
+	Workers     []ManagedWorkerStatus `json:"workers"`
+	Orphans     []string              `json:"orphans,omitempty"` // containers of this cluster no record accounts for
+	LastError   string                `json:"last_error,omitempty"`
+	LastErrorAt time.Time             `json:"last_error_at,omitzero"`
+}

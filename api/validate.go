@@ -254,3 +254,70 @@ const MaxLostAttempts = 3
 func FormatTaskID(seq uint64) string {
 	return fmt.Sprintf("%016x", seq)
 }
+
+// MaxManagedWorkers bounds the worker containers one cluster's leader keeps.
+const MaxManagedWorkers = 100
+
+// DefaultScalePolicy is the policy until PUT /v1/scale sets one.
+var DefaultScalePolicy = ScalePolicy{Mode: ScaleAuto, Min: 1, Max: 4, BacklogPerWorker: 10, Cooldown: "30s"}
+
+// Normalize fills the defaults of a policy (mode auto, backlog_per_worker
+// 10, cooldown 30s; in fixed mode min and max follow count) and validates it.
+func (p *ScalePolicy) Normalize() error {
+	if p.Mode == "" {
+		p.Mode = ScaleAuto
+	}
+	if p.BacklogPerWorker == 0 {
+		p.BacklogPerWorker = DefaultScalePolicy.BacklogPerWorker
+	}
+	if p.Cooldown == "" {
+		p.Cooldown = DefaultScalePolicy.Cooldown
+	}
+	d, err := time.ParseDuration(p.Cooldown)
+	if err != nil {
+		return BadRequest("cooldown", "%q is not a duration (use e.g. \"30s\")", p.Cooldown)
+	}
+	if d < 0 || d > time.Hour {
+		return BadRequest("cooldown", "%s is out of range [0s, 1h]", d)
+	}
+	p.Cooldown = d.String()
+	if p.BacklogPerWorker < 1 || p.BacklogPerWorker > 1000000 {
+		return BadRequest("backlog_per_worker", "%d is out of range [1, 1000000]", p.BacklogPerWorker)
+	}
+	switch p.Mode {
+	case ScaleFixed:
+		if p.Count < 0 || p.Count > MaxManagedWorkers {
+			return BadRequest("count", "%d is out of range [0, %d]", p.Count, MaxManagedWorkers)
+		}
+		p.Min, p.Max = p.Count, p.Count
+	case ScaleAuto:
+		if p.Min < 0 || p.Min > MaxManagedWorkers {
+			return BadRequest("min", "%d is out of range [0, %d]", p.Min, MaxManagedWorkers)
+		}
+		if p.Max < p.Min || p.Max > MaxManagedWorkers {
+			return BadRequest("max", "%d must be at least min (%d) and at most %d", p.Max, p.Min, MaxManagedWorkers)
+		}
+		p.Count = 0
+	default:
+		return BadRequest("mode", "%q is not auto or fixed", p.Mode)
+	}
+	return nil
+}
+
+// CooldownDuration returns the parsed cooldown (the policy is normalized).
+func (p ScalePolicy) CooldownDuration() time.Duration {
+	d, _ := time.ParseDuration(p.Cooldown)
+	return d
+}
+
+// Desired returns how many managed workers the policy wants for a backlog of
+// pending plus running tasks: count in fixed mode; in auto mode
+// ceil(backlog / backlog_per_worker), clamped to [min, max].
+func (p ScalePolicy) Desired(backlog int) int {
+	if p.Mode == ScaleFixed {
+		return p.Count
+	}
+	per := max(p.BacklogPerWorker, 1)
+	n := (backlog + per - 1) / per
+	return min(max(n, p.Min), p.Max)
+}

@@ -18,13 +18,15 @@ type EntryType uint8
 
 // The entry types.
 const (
-	_            EntryType = iota // 0 is never written: it catches zeroed data
-	EntrySubmit                   // 1: new tasks
-	EntryAssign                   // 2: attempts given to workers
-	EntryResult                   // 3: attempts finished by workers
-	EntryRequeue                  // 4: attempts taken back from lost workers
-	EntryCancel                   // 5: a task canceled
-	EntryGC                       // 6: old terminal tasks forgotten
+	_             EntryType = iota // 0 is never written: it catches zeroed data
+	EntrySubmit                    // 1: new tasks
+	EntryAssign                    // 2: attempts given to workers
+	EntryResult                    // 3: attempts finished by workers
+	EntryRequeue                   // 4: attempts taken back from lost workers
+	EntryCancel                    // 5: a task canceled
+	EntryGC                        // 6: old terminal tasks forgotten
+	EntrySetScale                  // 7: the scaling policy
+	EntryScaleOp                   // 8: a step in the life of a managed worker container
 )
 
 func (t EntryType) String() string {
@@ -41,6 +43,10 @@ func (t EntryType) String() string {
 		return "cancel"
 	case EntryGC:
 		return "gc"
+	case EntrySetScale:
+		return "set-scale"
+	case EntryScaleOp:
+		return "scale-op"
 	}
 	return fmt.Sprintf("entry(%d)", uint8(t))
 }
@@ -107,6 +113,40 @@ type GCEntry struct {
 	Limit  int       `json:"limit"`
 }
 
+// SetScaleEntry replaces the scaling policy. The policy is normalized
+// before it is proposed; an invalid one is refused (and changes nothing).
+type SetScaleEntry struct {
+	At     time.Time       `json:"at"`
+	Policy api.ScalePolicy `json:"policy"`
+}
+
+// Scale operations, in the order a managed worker goes through them.
+const (
+	ScaleCreate  = "create"  // allocate Count new names (Prefix-<seq>), state creating
+	ScaleCreated = "created" // creating -> running
+	ScaleDrain   = "drain"   // running -> draining: no new attempts
+	ScaleUndrain = "undrain" // draining -> running: wanted again
+	ScaleRemove  = "remove"  // creating or draining -> removing
+	ScaleRemoved = "removed" // the record is dropped: the container is gone
+)
+
+// ScaleOpEntry records one step for managed worker containers. The leader
+// commits each intent before acting on Docker, so a new leader can finish or
+// revert whatever the old one started.
+type ScaleOpEntry struct {
+	At     time.Time `json:"at"`
+	Op     string    `json:"op"`
+	Prefix string    `json:"prefix,omitempty"` // create: container names are Prefix-<seq>
+	Count  int       `json:"count,omitempty"`  // create
+	Names  []string  `json:"names,omitempty"`  // every other op
+}
+
+// Type implements Entry.
+func (*SetScaleEntry) Type() EntryType { return EntrySetScale }
+
+// Type implements Entry.
+func (*ScaleOpEntry) Type() EntryType { return EntryScaleOp }
+
 // Type implements Entry.
 func (*SubmitEntry) Type() EntryType { return EntrySubmit }
 
@@ -159,6 +199,10 @@ func Decode(b []byte) (Entry, error) {
 		e = &CancelEntry{}
 	case EntryGC:
 		e = &GCEntry{}
+	case EntrySetScale:
+		e = &SetScaleEntry{}
+	case EntryScaleOp:
+		e = &ScaleOpEntry{}
 	default:
 		return nil, fmt.Errorf("%w: unknown type %d", ErrCorruptEntry, b[0])
 	}

@@ -39,6 +39,9 @@ func sampleEntries() []Entry {
 		}},
 		&CancelEntry{At: t0.Add(4 * time.Second), TaskID: "0000000000000002"},
 		&GCEntry{At: t0.Add(5 * time.Second), Before: t0, Limit: 100},
+		&SetScaleEntry{At: t0.Add(6 * time.Second), Policy: api.ScalePolicy{Mode: api.ScaleAuto, Min: 1, Max: 8, BacklogPerWorker: 5, Cooldown: "1m0s"}},
+		&ScaleOpEntry{At: t0.Add(7 * time.Second), Op: ScaleCreate, Prefix: "gantry-worker", Count: 2},
+		&ScaleOpEntry{At: t0.Add(8 * time.Second), Op: ScaleDrain, Names: []string{"gantry-worker-1"}},
 	}
 }
 
@@ -55,8 +58,10 @@ func TestEntryType_NumbersNeverChange(t *testing.T) {
 		{EntryRequeue, 4, "requeue"},
 		{EntryCancel, 5, "cancel"},
 		{EntryGC, 6, "gc"},
+		{EntrySetScale, 7, "set-scale"},
+		{EntryScaleOp, 8, "scale-op"},
 		{0, 0, "entry(0)"},
-		{7, 7, "entry(7)"},
+		{9, 9, "entry(9)"},
 	}
 	for _, tt := range tests {
 		if uint8(tt.typ) != tt.num {
@@ -133,7 +138,7 @@ func TestDecode_RejectsCorruptEntries(t *testing.T) {
 		{"nil", ""},
 		{"zero type", "\x00{}"},
 		{"zero type alone", "\x00"},
-		{"unknown type", "\x07{}"},
+		{"unknown type", "\x09{}"},
 		{"type 255", "\xff{}"},
 		{"no body", "\x01"},
 		{"whitespace body", "\x01 \n"},

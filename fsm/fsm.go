@@ -128,6 +128,10 @@ func (f *FSM) applyLocked(e Entry, ended *[]uint64) any {
 		f.noteEnded(e.TaskID, ended)
 	case *GCEntry:
 		resp = s.applyGC(e)
+	case *SetScaleEntry:
+		resp = s.applySetScale(e)
+	case *ScaleOpEntry:
+		resp = s.applyScaleOp(e)
 	}
 	return resp
 }

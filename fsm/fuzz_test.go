@@ -223,6 +223,12 @@ func answers(e Entry, resp any) bool {
 	case *GCEntry:
 		_, ok := resp.(*GCResponse)
 		return ok
+	case *SetScaleEntry:
+		_, ok := resp.(*SetScaleResponse)
+		return ok
+	case *ScaleOpEntry:
+		_, ok := resp.(*ScaleOpResponse)
+		return ok
 	}
 	return false
 }

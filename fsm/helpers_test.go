@@ -348,6 +348,7 @@ func fingerprint(t testing.TB, f *FSM) string {
 		"ready_all":      ids(readyAll),
 		"running":        f.Running(),
 		"running_counts": f.RunningCounts(),
+		"scale":          f.Scale(),
 		"oldest":         oldestNano,
 		"seq":            seqOf(f),
 	})

@@ -23,6 +23,8 @@ type snapshotHeader struct {
 	Seq     uint64 `json:"seq"`
 	Stale   uint64 `json:"stale_results"`
 	Count   int    `json:"count"`
+	// Scale is the scaling state; absent in snapshots taken before it existed.
+	Scale *scaleSnapshot `json:"scale,omitempty"`
 }
 
 // snapshot is a point-in-time copy of the state: a copy-on-write clone of the
@@ -37,7 +39,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.Lock() // Clone mutates the tree's copy-on-write context
 	defer f.mu.Unlock()
 	return &snapshot{
-		header: snapshotHeader{Version: snapshotVersion, Index: f.applied, Seq: f.s.seq, Stale: f.s.stale, Count: f.s.tasks.Len()},
+		header: snapshotHeader{Version: snapshotVersion, Index: f.applied, Seq: f.s.seq, Stale: f.s.stale, Count: f.s.tasks.Len(), Scale: f.s.scale.snapshot()},
 		tasks:  f.s.tasks.Clone(),
 	}, nil
 }
@@ -110,6 +112,11 @@ func readSnapshot(r io.Reader) (*state, uint64, error) {
 	s := newState()
 	s.seq = h.Seq
 	s.stale = h.Stale
+	sc, err := restoreScale(h.Scale)
+	if err != nil {
+		return nil, 0, err
+	}
+	s.scale = sc
 	var prev uint64 // tasks come in strictly increasing sequence order, from 1
 	for i := 0; i < h.Count; i++ {
 		r := &record{}

@@ -60,6 +60,7 @@ type state struct {
 	running map[string]map[uint64]int
 	counts  api.TaskCounts
 	stale   uint64 // results refused because their attempt was not current
+	scale   scaleState
 }
 
 func newState() *state {
@@ -71,6 +72,7 @@ func newState() *state {
 		byState:  make(map[api.TaskState]*btree.BTreeG[uint64]),
 		finished: btree.NewG(degree, lessTime),
 		running:  make(map[string]map[uint64]int),
+		scale:    newScaleState(),
 	}
 	for _, st := range api.States {
 		s.byState[st] = btree.NewOrderedG[uint64](degree)
@@ -240,7 +242,7 @@ func (s *state) applyAssign(e *AssignEntry) *AssignResponse {
 			continue
 		}
 		t := &r.task
-		if t.State != api.StatePending || a.Attempt != t.Attempt+1 || t.NotBefore.After(e.At) {
+		if t.State != api.StatePending || a.Attempt != t.Attempt+1 || t.NotBefore.After(e.At) || s.blocksAssign(a.Worker) {
 			continue
 		}
 		n := modify(r)
