@@ -93,6 +93,14 @@ type Config struct {
 	GossipSuspicionMult int
 
 	HTTPClient *http.Client // for pushes and master-to-master calls; default has keep-alives
+
+	// Scaling. Runtime nil means this master never scales workers (and
+	// GET /v1/scale says so).
+	Runtime           Runtime
+	RuntimeNote       string        // why Runtime is nil, for GET /v1/scale
+	ScaleInterval     time.Duration // reconcile at least this often
+	OrphanGrace       time.Duration // an unaccounted container of this cluster lives this long
+	WorkerStopTimeout time.Duration // SIGTERM to SIGKILL when a worker container is removed
 }
 
 // Defaults are the documented defaults for every zero field of Config.
@@ -115,6 +123,9 @@ var Defaults = Config{
 	GossipProbeInterval: time.Second,
 	GossipProbeTimeout:  500 * time.Millisecond,
 	GossipSuspicionMult: 4,
+	ScaleInterval:       time.Second,
+	OrphanGrace:         30 * time.Second,
+	WorkerStopTimeout:   30 * time.Second,
 }
 
 func (c *Config) setDefaults() {
@@ -141,6 +152,9 @@ func (c *Config) setDefaults() {
 	def(&c.GCInterval, d.GCInterval)
 	def(&c.GossipProbeInterval, d.GossipProbeInterval)
 	def(&c.GossipProbeTimeout, d.GossipProbeTimeout)
+	def(&c.ScaleInterval, d.ScaleInterval)
+	def(&c.OrphanGrace, d.OrphanGrace)
+	def(&c.WorkerStopTimeout, d.WorkerStopTimeout)
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = d.SnapshotThreshold
 	}

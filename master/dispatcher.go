@@ -72,6 +72,7 @@ func (d *dispatcher) run() {
 		case <-d.ls.ctx.Done():
 			return
 		case <-d.m.fsm.Changes():
+			d.ls.scale.poke() // the backlog may have changed
 		case <-d.kick:
 		case <-timer.C:
 		}
@@ -98,11 +99,15 @@ func (d *dispatcher) once() time.Duration {
 	t0 := time.Now()
 	views := d.m.workerViews()
 	running := d.m.fsm.RunningCounts()
+	retiring := map[string]bool{} // managed workers being drained or removed
+	for _, w := range d.m.fsm.Scale().Workers {
+		retiring[w.Name] = w.State == api.ManagedDraining || w.State == api.ManagedRemoving
+	}
 	d.mu.Lock()
 	var ws []*freeWorker
 	total := 0
 	for _, v := range views {
-		if v.State != membership.StateAlive || v.Draining || v.Leaving || d.lost[v.ID] || d.suspect[v.ID] || t0.Before(d.avoid[v.ID]) {
+		if v.State != membership.StateAlive || v.Draining || v.Leaving || retiring[v.ID] || d.lost[v.ID] || d.suspect[v.ID] || t0.Before(d.avoid[v.ID]) {
 			continue
 		}
 		if free := v.Slots - running[v.ID]; free > 0 {

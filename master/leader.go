@@ -22,6 +22,7 @@ type leaderState struct {
 
 	dispatch *dispatcher
 	detect   *detector
+	scale    *scaler
 }
 
 // monitorLeadership follows raft's leadership notifications and runs one
@@ -98,7 +99,9 @@ func (m *Master) establishLeadership() *leaderState {
 	ls := &leaderState{ctx: ctx, cancel: cancel, since: time.Now()}
 	ls.dispatch = newDispatcher(m, ls)
 	ls.detect = newDetector(m, ls, ls.dispatch)
-	ls.wg.Add(3)
+	ls.scale = newScaler(m, ls)
+	ls.wg.Add(4)
+	go func() { defer ls.wg.Done(); ls.scale.run() }()
 	go func() { defer ls.wg.Done(); ls.dispatch.run() }()
 	go func() { defer ls.wg.Done(); ls.detect.run() }()
 	go func() { defer ls.wg.Done(); m.gcLoop(ctx) }()

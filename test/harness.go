@@ -296,7 +296,7 @@ func (c *Cluster) StopMaster(n *MasterNode) {
 // that worker).
 func (c *Cluster) AddWorker(id string, slots int) *WorkerNode {
 	c.t.Helper()
-	n := &WorkerNode{c: c, ID: id, HTTPAddr: addr(FreePort(c.t)), Gossip: addr(FreePort(c.t)), Slots: slots}
+	n := c.NewWorkerNode(id, slots)
 	c.StartWorker(n)
 	c.Workers = append(c.Workers, n)
 	return n
@@ -305,6 +305,14 @@ func (c *Cluster) AddWorker(id string, slots int) *WorkerNode {
 // StartWorker starts (or restarts) a worker node.
 func (c *Cluster) StartWorker(n *WorkerNode) {
 	c.t.Helper()
+	if err := c.TryStartWorker(n); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// TryStartWorker is StartWorker returning its error: safe from goroutines
+// other than the test's.
+func (c *Cluster) TryStartWorker(n *WorkerNode) error {
 	cfg := worker.Config{
 		ID: n.ID, HTTPBind: n.HTTPAddr, GossipBind: n.Gossip, Join: c.seeds, Slots: n.Slots,
 		DrainTimeout: 5 * time.Second, Logger: c.log.Named(n.ID),
@@ -316,13 +324,19 @@ func (c *Cluster) StartWorker(n *WorkerNode) {
 	}
 	w, err := worker.New(cfg)
 	if err != nil {
-		c.t.Fatalf("worker %s: %v", n.ID, err)
+		return fmt.Errorf("worker %s: %v", n.ID, err)
 	}
 	if err := w.Start(); err != nil {
-		c.t.Fatalf("worker %s: start: %v", n.ID, err)
+		return fmt.Errorf("worker %s: start: %v", n.ID, err)
 	}
 	n.W = w
 	n.up = true
+	return nil
+}
+
+// NewWorkerNode returns a worker node with fresh ports, not started.
+func (c *Cluster) NewWorkerNode(id string, slots int) *WorkerNode {
+	return &WorkerNode{c: c, ID: id, HTTPAddr: addr(FreePort(c.t)), Gossip: addr(FreePort(c.t)), Slots: slots}
 }
 
 // KillWorker stops a worker the way a crash would.

@@ -292,6 +292,17 @@ func (c *Client) ReportResults(ctx context.Context, results []api.AttemptResult)
 	return out.Errors, err
 }
 
+// Scale describes scaling.
+func (c *Client) Scale(ctx context.Context, o ReadOptions) (api.ScaleStatus, error) {
+	return decode[api.ScaleStatus](c.do(ctx, call{method: "GET", path: withQuery("/v1/scale", o.query()), retryAnywhere: true}))
+}
+
+// SetScale replaces the scaling policy (setting the same policy twice is
+// harmless, so it is retried anywhere).
+func (c *Client) SetScale(ctx context.Context, p api.ScalePolicy) (api.ScaleStatus, error) {
+	return decode[api.ScaleStatus](c.do(ctx, call{method: "PUT", path: "/v1/scale", body: p, retryAnywhere: true}))
+}
+
 // Ready returns nil when the first reachable master is ready.
 func (c *Client) Ready(ctx context.Context) error {
 	_, err := c.do(ctx, call{method: "GET", path: "/readyz"})

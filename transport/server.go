@@ -54,6 +54,11 @@ type Master interface {
 	ReportResults(ctx context.Context, results []api.AttemptResult) ([]error, error)
 	// Cluster describes the cluster.
 	Cluster(ctx context.Context, linearizable bool) (api.ClusterStatus, error)
+	// Scale describes scaling: policy, desired and actual counts, managed
+	// workers.
+	Scale(ctx context.Context, linearizable bool) (api.ScaleStatus, error)
+	// SetScale commits a new scaling policy (leader only).
+	SetScale(ctx context.Context, p api.ScalePolicy) (api.ScaleStatus, error)
 	// Self describes this master alone.
 	Self() api.NodeStatus
 	// Ready returns nil when a leader is known and this node has applied
@@ -155,6 +160,10 @@ func (s *Server) routes() {
 	})
 	s.handle("/v1/results", map[string]route{
 		"POST": {h: s.results, leader: true, maxBytes: api.MaxBatchRequestBytes},
+	})
+	s.handle("/v1/scale", map[string]route{
+		"GET": {h: s.scale, leader: true, stale: true},
+		"PUT": {h: s.setScale, leader: true, maxBytes: api.MaxRequestBytes},
 	})
 	s.handle("/v1/internal/self", map[string]route{"GET": {h: s.self}})
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -550,6 +559,38 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request, _ []byte, _ bool
 
 func (s *Server) cluster(w http.ResponseWriter, r *http.Request, _ []byte, lin bool) {
 	st, err := s.m.Cluster(r.Context(), lin)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) scale(w http.ResponseWriter, r *http.Request, _ []byte, lin bool) {
+	st, err := s.m.Scale(r.Context(), lin)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// DecodeScalePolicy decodes and normalizes the body of PUT /v1/scale.
+func DecodeScalePolicy(body []byte) (api.ScalePolicy, error) {
+	var p api.ScalePolicy
+	if err := DecodeJSON(body, &p); err != nil {
+		return p, err
+	}
+	return p, p.Normalize()
+}
+
+func (s *Server) setScale(w http.ResponseWriter, r *http.Request, body []byte, _ bool) {
+	p, err := DecodeScalePolicy(body)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	st, err := s.m.SetScale(r.Context(), p)
 	if err != nil {
 		writeError(w, err)
 		return

@@ -34,6 +34,7 @@ type fakeMaster struct {
 	keys      map[string]string // idempotency key -> task ID
 	seq       int
 	errs      map[string]error // method name -> error it returns
+	policy    api.ScalePolicy
 	readyErr  error
 }
 
@@ -210,6 +211,19 @@ func (f *fakeMaster) Cluster(ctx context.Context, lin bool) (api.ClusterStatus, 
 }
 
 func (f *fakeMaster) Self() api.NodeStatus { return api.NodeStatus{ID: f.id, Role: "follower"} }
+
+func (f *fakeMaster) Scale(ctx context.Context, lin bool) (api.ScaleStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return api.ScaleStatus{Policy: f.policy, Runtime: "fake"}, nil
+}
+
+func (f *fakeMaster) SetScale(ctx context.Context, p api.ScalePolicy) (api.ScaleStatus, error) {
+	f.mu.Lock()
+	f.policy = p
+	f.mu.Unlock()
+	return f.Scale(ctx, false)
+}
 
 func (f *fakeMaster) Ready() error {
 	f.mu.Lock()

@@ -107,6 +107,7 @@ func newMasterCmd() *cobra.Command {
 		leaderWait        time.Duration
 		snapshotThreshold uint64
 		trailingLogs      uint64
+		sf                scaleFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "master",
@@ -137,6 +138,9 @@ func newMasterCmd() *cobra.Command {
 			if cfg.RaftAdvertise == "" {
 				cfg.RaftAdvertise = defaultRaftAdvertise(cfg.RaftBind, cfg.Peers, cfg.ID)
 			}
+			if err := sf.apply(&cfg, gf, lf, log); err != nil {
+				return err
+			}
 			return runMaster(cfg, httpAddr, leaderWait, log)
 		},
 	}
@@ -162,6 +166,10 @@ func newMasterCmd() *cobra.Command {
 	f.DurationVar(&cfg.RetryBackoff, "retry-backoff", master.Defaults.RetryBackoff, "base of the exponential delay before a failed attempt is retried")
 	f.DurationVar(&cfg.Retention, "retention", master.Defaults.Retention, "terminal tasks (and their idempotency keys) are forgotten after this long")
 	f.DurationVar(&leaderWait, "leader-wait", 5*time.Second, "how long a request waits for a leader before it gets 503")
+	sf.add(cmd)
+	f.DurationVar(&cfg.ScaleInterval, "scale-interval", master.Defaults.ScaleInterval, "the leader reconciles worker containers at least this often")
+	f.DurationVar(&cfg.OrphanGrace, "orphan-grace", master.Defaults.OrphanGrace, "a container of this cluster that no record accounts for is removed after this long")
+	f.DurationVar(&cfg.WorkerStopTimeout, "worker-stop-timeout", master.Defaults.WorkerStopTimeout, "SIGTERM to SIGKILL when the leader removes a worker container")
 	return cmd
 }
 

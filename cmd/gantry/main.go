@@ -56,7 +56,7 @@ func newRoot() *cobra.Command {
 			return applyEnv(cmd)
 		},
 	}
-	root.AddCommand(newMasterCmd(), newWorkerCmd(), newSubmitCmd(), newTaskCmd(), newStatusCmd(), newHealthCmd(), newBenchCmd(), newVersionCmd())
+	root.AddCommand(newMasterCmd(), newWorkerCmd(), newSubmitCmd(), newTaskCmd(), newStatusCmd(), newHealthCmd(), newScaleCmd(), newBenchCmd(), newVersionCmd())
 	return root
 }
 
