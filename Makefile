@@ -4,12 +4,20 @@ BIN := bin/gantry
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 GO ?= go
+# Docker: the image tag, the compose project (prefix of every container,
+# network and volume name) and the set's size; see docs/DOCKER.md.
+IMAGE ?= $(or $(GANTRY_IMAGE),gantry:dev)
+GANTRY_PROJECT ?= gantry
+MASTERS ?=
+VOLUMES ?= 0
+COMPOSE_ENV = GANTRY_PROJECT=$(GANTRY_PROJECT) GANTRY_IMAGE=$(IMAGE) MASTERS=$(MASTERS) VOLUMES=$(VOLUMES) GANTRY_BIN=$(BIN)
 
 .DEFAULT_GOAL := help
-.PHONY: help build dev dev-down dev-status dev-clean test test-short fmt vet fuzz clean
+.PHONY: help build dev dev-down dev-status dev-clean test test-short fmt vet fuzz clean \
+	busybox image up down ps logs e2e clean-image
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build the static binary bin/gantry (CGO_ENABLED=0)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gantry
@@ -41,5 +49,36 @@ vet: ## go vet
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@scripts/fuzz.sh $(or $(FUZZTIME),30s)
 
-clean: ## remove build output
+clean: ## remove build output (bin/; the cached busybox in build/ stays, see clean-image)
 	rm -rf bin
+
+busybox: ## fetch a static busybox for the image into build/busybox (apt-get download busybox-static; cached)
+	@scripts/busybox.sh build/busybox
+
+image: build busybox ## build the Docker image IMAGE (default gantry:dev) FROM scratch: static binary + busybox
+	docker build -t $(IMAGE) --build-arg VERSION=$(VERSION) \
+		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
+
+clean-image: ## remove the cached busybox (build/) and the image IMAGE
+	rm -rf build
+	-docker image rm $(IMAGE)
+
+up: image ## build, then start 3 masters + workers under compose (MASTERS=5 for five), wait, print the URLs
+	@$(COMPOSE_ENV) MASTERS=$(or $(MASTERS),3) scripts/compose.sh up
+
+down: ## remove the compose set and the workers its leader started (VOLUMES=1 also deletes the Raft data)
+	@$(COMPOSE_ENV) scripts/compose.sh down
+
+ps: ## the compose set's containers, leader-started workers included
+	@$(COMPOSE_ENV) scripts/compose.sh ps
+
+logs: ## follow the compose set's logs (SERVICE=master-1 for one, TAIL=n lines of history)
+	@$(COMPOSE_ENV) SERVICE=$(SERVICE) TAIL=$(or $(TAIL),100) scripts/compose.sh logs
+
+e2e: ## end-to-end tests against the real image and compose set (test/e2e, build tag e2e; needs Docker)
+	@if [ -d test/e2e ]; then \
+		$(MAKE) --no-print-directory image && \
+		GANTRY_IMAGE=$(IMAGE) $(GO) test -tags e2e -count=1 -timeout 30m -v ./test/e2e/...; \
+	else \
+		echo "e2e: there are no e2e tests yet (test/e2e does not exist); nothing ran"; \
+	fi

@@ -125,8 +125,11 @@ func (s *scaler) op(e *fsm.ScaleOpEntry) ([]string, error) {
 	return resp.(*fsm.ScaleOpResponse).Names, nil
 }
 
-// prefix is the name prefix of this cluster's managed workers.
-func (s *scaler) prefix() string { return s.m.cfg.Cluster + "-worker" }
+// prefix is the name prefix of this cluster's managed workers. It differs
+// from compose's own names (<project>-worker-N in compose v2,
+// <project>_worker_N in v1) so a leader never mistakes a compose worker for
+// one of its own.
+func (s *scaler) prefix() string { return s.m.cfg.Cluster + "-managed" }
 
 // once runs one reconcile round.
 func (s *scaler) once() {

@@ -364,7 +364,7 @@ func TestScale_NewLeaderAdoptsAHalfDoneCreation(t *testing.T) {
 
 func TestScale_ReapsOrphansAndSurvivesEngineErrors(t *testing.T) {
 	c, rt := startScaleCluster(t, 2)
-	rt.plant("gantry-worker-999")
+	rt.plant("gantry-managed-999")
 	rt.mu.Lock()
 	rt.failNext["list"] = 3
 	rt.failNext["create"] = 2
@@ -375,7 +375,7 @@ func TestScale_ReapsOrphansAndSurvivesEngineErrors(t *testing.T) {
 	})
 	c.Eventually(60*time.Second, "the orphan reaped and one worker running", func() bool {
 		names := rt.names()
-		return len(names) == 1 && names[0] != "gantry-worker-999" && rt.running() == 1
+		return len(names) == 1 && names[0] != "gantry-managed-999" && rt.running() == 1
 	})
 	cl := c.Client()
 	checkSucceededOnce(t, c.WaitTerminal(cl, c.Submit(cl, Exec("echo after errors")).ID, 60*time.Second), "after errors\n")

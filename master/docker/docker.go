@@ -217,7 +217,7 @@ func (r *Runtime) Create(ctx context.Context, name string) error {
 	nets := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netw: {Aliases: []string{name}}}}
 	if _, err := r.cli.ContainerCreate(ctx, cfg, host, nets, nil, name); err != nil {
 		if cerrdefs.IsConflict(err) {
-			return master.ErrContainerExists
+			return r.adoptable(ctx, name)
 		}
 		return fmt.Errorf("create %s: %w", name, err)
 	}
@@ -225,6 +225,21 @@ func (r *Runtime) Create(ctx context.Context, name string) error {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
 	return nil
+}
+
+// adoptable returns master.ErrContainerExists when the container holding
+// name is one of this cluster's managed workers (an earlier leader created
+// it), and an error refusing it otherwise: a name taken by anything else is
+// never adopted.
+func (r *Runtime) adoptable(ctx context.Context, name string) error {
+	insp, err := r.cli.ContainerInspect(ctx, name)
+	if err != nil {
+		return fmt.Errorf("create %s: the name is taken and the container cannot be inspected: %w", name, err)
+	}
+	if insp.Config != nil && insp.Config.Labels[LabelCluster] == r.cfg.Cluster && insp.Config.Labels[LabelManaged] == "true" {
+		return master.ErrContainerExists
+	}
+	return fmt.Errorf("create %s: the name is taken by a container that is not a managed worker of cluster %q; not adopting it", name, r.cfg.Cluster)
 }
 
 // Start implements master.Runtime.
