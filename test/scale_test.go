@@ -30,6 +30,7 @@ type fakeRuntime struct {
 	failNext    map[string]int // method -> how many calls fail
 	afterCreate func(name string)
 	calls       []string
+	hidden      map[string]bool // names List does not show (created after the list was taken)
 }
 
 type fakeContainer struct {
@@ -75,6 +76,9 @@ func (rt *fakeRuntime) List(ctx context.Context) ([]master.Container, error) {
 	defer rt.mu.Unlock()
 	var out []master.Container
 	for _, fc := range rt.containers {
+		if rt.hidden[fc.name] {
+			continue
+		}
 		st := "exited"
 		if fc.running {
 			st = "running"
@@ -358,6 +362,42 @@ func TestScale_NewLeaderAdoptsAHalfDoneCreation(t *testing.T) {
 		t.Fatalf("%d containers, want 2: %v", n, rt.names())
 	}
 	// They take work.
+	cl := c.Client()
+	checkSucceededOnce(t, c.WaitTerminal(cl, c.Submit(cl, Exec("echo adopted")).ID, 60*time.Second), "adopted\n")
+}
+
+func TestScale_NameConflictMeansAdopt(t *testing.T) {
+	c, rt := startScaleCluster(t, 2)
+	setScale(t, c, api.ScalePolicy{Mode: api.ScaleFixed, Count: 0})
+	c.Eventually(30*time.Second, "no managed worker", func() bool { return len(scaleStatus(c).Workers) == 0 && rt.running() == 0 })
+	// Names come from a replicated sequence: the next one follows those the
+	// default policy may already have used.
+	rt.mu.Lock()
+	next := fmt.Sprintf("gantry-managed-%d", len(rt.creates)+1)
+	rt.mu.Unlock()
+	// The container of the next name already exists (an earlier leader's
+	// create raced its list): Create reports a conflict and the scaler must
+	// adopt it rather than fail or make another.
+	n := c.NewWorkerNode(next, 2)
+	if err := c.TryStartWorker(n); err != nil {
+		t.Fatal(err)
+	}
+	rt.mu.Lock()
+	rt.containers[next] = &fakeContainer{name: next, node: n, running: true}
+	rt.hidden = map[string]bool{next: true}
+	rt.mu.Unlock()
+	setScale(t, c, api.ScalePolicy{Mode: api.ScaleFixed, Count: 1})
+	c.Eventually(30*time.Second, "the existing container adopted", func() bool {
+		st := scaleStatus(c)
+		return len(st.Workers) == 1 && st.Workers[0].Name == next && st.Workers[0].State == api.ManagedRunning
+	})
+	rt.mu.Lock()
+	rt.hidden = nil
+	creates := rt.creates[next]
+	rt.mu.Unlock()
+	if creates != 0 || len(rt.names()) != 1 {
+		t.Fatalf("creates %d, containers %v: want the one that existed, adopted", creates, rt.names())
+	}
 	cl := c.Client()
 	checkSucceededOnce(t, c.WaitTerminal(cl, c.Submit(cl, Exec("echo adopted")).ID, 60*time.Second), "adopted\n")
 }
