@@ -14,7 +14,7 @@ COMPOSE_ENV = GANTRY_PROJECT=$(GANTRY_PROJECT) GANTRY_IMAGE=$(IMAGE) MASTERS=$(M
 
 .DEFAULT_GOAL := help
 .PHONY: help build dev dev-down dev-status dev-clean test test-short fmt vet fuzz clean \
-	busybox image up down ps logs e2e clean-image
+	busybox image up down ps logs e2e bench-docker clean-image
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -82,3 +82,7 @@ e2e: ## end-to-end tests against the real image and compose set (test/e2e, build
 	else \
 		echo "e2e: there are no e2e tests yet (test/e2e does not exist); nothing ran"; \
 	fi
+
+bench-docker: image ## failover and scale-up figures under compose (test/e2e benchmarks; ROUNDS=5, SCALE_ROUNDS=3); writes bench-docker.json
+	GANTRY_IMAGE=$(IMAGE) GANTRY_BENCH_ROUNDS=$(or $(ROUNDS),5) GANTRY_BENCH_SCALE_ROUNDS=$(or $(SCALE_ROUNDS),3) \
+		$(GO) test -tags e2e -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x -v ./test/e2e/...

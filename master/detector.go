@@ -218,6 +218,12 @@ func (x *detector) stopAttempt(worker string, ref api.AttemptRef) {
 		return
 	}
 	go func() {
+		// A side effect outside Raft: confirm this node still leads, so a
+		// leader that was paused and still holds an old view cannot stop an
+		// attempt its successor dispatched.
+		if x.ls.ctx.Err() != nil || x.m.raft.VerifyLeader().Error() != nil {
+			return
+		}
 		ctx, cancel := context.WithTimeout(x.ls.ctx, 2*time.Second)
 		defer cancel()
 		if err := x.m.workers.Cancel(ctx, v.HTTP, ref); err != nil {
