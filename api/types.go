@@ -357,3 +357,12 @@ type ScaleStatus struct {
 	LastError   string                `json:"last_error,omitempty"`
 	LastErrorAt time.Time             `json:"last_error_at,omitzero"`
 }
+
+// Digest summarizes one master's replica: equal digests at equal applied
+// indexes mean equal state. GET /v1/digest serves it (never forwarded).
+type Digest struct {
+	ID           string `json:"id"`
+	AppliedIndex uint64 `json:"applied_index"` // last raft index the state machine applied
+	Tasks        int    `json:"tasks"`
+	Digest       string `json:"digest"` // hex SHA-256 of the state
+}

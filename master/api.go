@@ -254,6 +254,12 @@ func roleName(s raft.RaftState) string {
 	return "shutdown"
 }
 
+// Digest implements transport.Master.
+func (m *Master) Digest() api.Digest {
+	idx, n, d := m.fsm.Digest()
+	return api.Digest{ID: m.cfg.ID, AppliedIndex: idx, Tasks: n, Digest: d}
+}
+
 // Ready implements transport.Master.
 func (m *Master) Ready() error {
 	if m.raft == nil {

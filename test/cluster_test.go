@@ -129,6 +129,7 @@ func TestCluster_LeaderKillLosesNothing(t *testing.T) {
 	c.Eventually(30*time.Second, "the restarted master to catch up", func() bool {
 		return leader.M.FSM().Counts() == want
 	})
+	c.WaitConverged()
 }
 
 func TestCluster_ConcurrentSubmitsAcrossLeaderKill(t *testing.T) {
@@ -219,4 +220,5 @@ func TestCluster_ConcurrentSubmitsAcrossLeaderKill(t *testing.T) {
 			t.Errorf("key %s has %d tasks", k, n)
 		}
 	}
+	c.WaitConverged()
 }

@@ -536,3 +536,32 @@ func ProcessGone(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
 }
+
+// WaitConverged waits until every running master reports the same applied
+// index and state digest (invariant 5: masters converge), and returns it.
+func (c *Cluster) WaitConverged() api.Digest {
+	c.t.Helper()
+	var last []api.Digest
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		last = last[:0]
+		same := true
+		for _, n := range c.Masters {
+			if !n.up {
+				continue
+			}
+			nd := n.M.Digest()
+			if len(last) > 0 && (nd.AppliedIndex != last[0].AppliedIndex || nd.Digest != last[0].Digest) {
+				same = false
+			}
+			last = append(last, nd)
+		}
+		if same && len(last) > 0 {
+			return last[0]
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("masters did not converge: %+v", last)
+		}
+		time.Sleep(50 * time.Millisecond) // a pause between polls
+	}
+}

@@ -309,6 +309,15 @@ func (c *Client) Ready(ctx context.Context) error {
 	return err
 }
 
+// DigestAt asks the master at base URL for its state digest.
+func (c *Client) DigestAt(ctx context.Context, base string) (api.Digest, error) {
+	resp, err := c.once(ctx, NormalizeURL(base), call{method: "GET", path: "/v1/digest"}, nil)
+	if err == nil && resp.Status != http.StatusOK {
+		err = errorFromBody(resp)
+	}
+	return decode[api.Digest](resp, err)
+}
+
 // SelfAt asks the master at base URL about itself.
 func (c *Client) SelfAt(ctx context.Context, base string) (api.NodeStatus, error) {
 	resp, err := c.once(ctx, NormalizeURL(base), call{method: "GET", path: "/v1/internal/self"}, nil)

@@ -61,6 +61,8 @@ type Master interface {
 	SetScale(ctx context.Context, p api.ScalePolicy) (api.ScaleStatus, error)
 	// Self describes this master alone.
 	Self() api.NodeStatus
+	// Digest summarizes this master's replica.
+	Digest() api.Digest
 	// Ready returns nil when a leader is known and this node has applied
 	// the log up to the leader's commit index.
 	Ready() error
@@ -166,6 +168,7 @@ func (s *Server) routes() {
 		"PUT": {h: s.setScale, leader: true, maxBytes: api.MaxRequestBytes},
 	})
 	s.handle("/v1/internal/self", map[string]route{"GET": {h: s.self}})
+	s.handle("/v1/digest", map[string]route{"GET": {h: s.digest}})
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.NotFoundf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -343,6 +346,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request, _ []byte, _ bool
 
 func (s *Server) self(w http.ResponseWriter, r *http.Request, _ []byte, _ bool) {
 	writeJSON(w, http.StatusOK, s.m.Self())
+}
+
+func (s *Server) digest(w http.ResponseWriter, r *http.Request, _ []byte, _ bool) {
+	writeJSON(w, http.StatusOK, s.m.Digest())
 }
 
 // DecodeSubmit decodes and normalizes the body of POST /v1/tasks; header is

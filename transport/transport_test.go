@@ -212,6 +212,8 @@ func (f *fakeMaster) Cluster(ctx context.Context, lin bool) (api.ClusterStatus, 
 
 func (f *fakeMaster) Self() api.NodeStatus { return api.NodeStatus{ID: f.id, Role: "follower"} }
 
+func (f *fakeMaster) Digest() api.Digest { return api.Digest{ID: f.id, Digest: "fake"} }
+
 func (f *fakeMaster) Scale(ctx context.Context, lin bool) (api.ScaleStatus, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -28,6 +28,7 @@ type ExecConfig struct {
 	Path      string        // PATH given to the task's process (and used to resolve args[0] when it has no slash); empty means the worker's own $PATH
 	KillGrace time.Duration // between SIGTERM and SIGKILL of the process group on timeout or cancel; 0 means SIGKILL at once
 	MaxOutput int           // bytes of combined output kept; 0 means api.MaxOutputBytes
+	WorkerID  string        // given to the process as GANTRY_WORKER when not empty
 }
 
 // ExecResult is how one attempt ended.
@@ -183,7 +184,7 @@ func execTimeout(s string) time.Duration {
 }
 
 // execEnv builds the process environment: the task's env, PATH unless the
-// task sets it, GANTRY_TASK_ID and GANTRY_ATTEMPT, sorted by name. It also
+// task sets it, GANTRY_TASK_ID, GANTRY_ATTEMPT and GANTRY_WORKER, sorted by name. It also
 // returns the PATH in effect ("" when there is none).
 func execEnv(a api.Assignment, cfg ExecConfig) ([]string, string) {
 	vars := make(map[string]string, len(a.Env)+3)
@@ -199,6 +200,9 @@ func execEnv(a api.Assignment, cfg ExecConfig) ([]string, string) {
 	}
 	vars["GANTRY_TASK_ID"] = a.TaskID
 	vars["GANTRY_ATTEMPT"] = strconv.Itoa(a.Attempt)
+	if cfg.WorkerID != "" {
+		vars["GANTRY_WORKER"] = cfg.WorkerID
+	}
 	env := make([]string, 0, len(vars))
 	for k, v := range vars {
 		env = append(env, k+"="+v)

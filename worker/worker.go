@@ -102,6 +102,7 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
+	cfg.Exec.WorkerID = cfg.ID
 	w := &Worker{
 		cfg:      cfg,
 		log:      cfg.Logger,

@@ -19,6 +19,7 @@ type scaleFlags struct {
 	network string
 	slots   int
 	join    []string
+	volumes []string
 }
 
 func (s *scaleFlags) add(cmd *cobra.Command) {
@@ -28,6 +29,7 @@ func (s *scaleFlags) add(cmd *cobra.Command) {
 	f.StringVar(&s.network, "worker-network", "", "network of the worker containers (default: the network of this master's own container)")
 	f.IntVar(&s.slots, "worker-slots", 4, "--slots of each worker container the leader starts")
 	f.StringSliceVar(&s.join, "worker-join", nil, "gossip seeds the leader's worker containers join (default: --join plus this master's gossip address)")
+	f.StringSliceVar(&s.volumes, "worker-volume", nil, "volume mounted into the leader's worker containers, docker -v syntax name:/path[:ro] (repeatable)")
 }
 
 // dockerConfigured reports whether a Docker engine is configured here: the
@@ -77,7 +79,7 @@ func (s *scaleFlags) apply(cfg *master.Config, gf gossipFlags, lf logFlags, log 
 	if lf.json {
 		env = append(env, "GANTRY_LOG_JSON=true")
 	}
-	rt, err := docker.New(docker.Config{Cluster: gf.cluster, Image: s.image, Network: s.network, Join: join, Slots: s.slots, Env: env})
+	rt, err := docker.New(docker.Config{Cluster: gf.cluster, Image: s.image, Network: s.network, Join: join, Slots: s.slots, Env: env, Volumes: s.volumes})
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,7 @@ type Config struct {
 	Join    []string // gossip seeds the workers join (the masters)
 	Slots   int      // --slots of each worker; 0 lets the worker use its CPU count
 	Env     []string // extra environment for the workers (GANTRY_GOSSIP_KEY=..., GANTRY_LOG_LEVEL=...)
+	Volumes []string // mounts for the workers, docker's -v syntax: "name:/path" or "name:/path:ro"
 }
 
 // Runtime talks to the Docker Engine. It is safe for concurrent use.
@@ -213,7 +214,7 @@ func (r *Runtime) Create(ctx context.Context, name string) error {
 			Interval: 5 * time.Second, Timeout: 3 * time.Second, Retries: 3, StartPeriod: 5 * time.Second,
 		},
 	}
-	host := &container.HostConfig{RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}}
+	host := &container.HostConfig{RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}, Binds: r.cfg.Volumes}
 	nets := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{netw: {Aliases: []string{name}}}}
 	if _, err := r.cli.ContainerCreate(ctx, cfg, host, nets, nil, name); err != nil {
 		if cerrdefs.IsConflict(err) {
