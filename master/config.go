@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
 )
 
 // Peer is one member of the initial voter set.
@@ -93,6 +95,11 @@ type Config struct {
 	GossipSuspicionMult int
 
 	HTTPClient *http.Client // for pushes and master-to-master calls; default has keep-alives
+
+	// Fault injection for tests: wrap the raft stream layer and the gossip
+	// transport. Nil in production.
+	WrapRaftStream func(raft.StreamLayer) raft.StreamLayer
+	WrapGossip     func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 
 	// Scaling. Runtime nil means this master never scales workers (and
 	// GET /v1/scale says so).

@@ -135,8 +135,12 @@ func (m *Master) Start() error {
 		store.Close()
 		return err
 	}
+	var layer raft.StreamLayer = stream
+	if m.cfg.WrapRaftStream != nil {
+		layer = m.cfg.WrapRaftStream(stream)
+	}
 	m.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  stream,
+		Stream:  layer,
 		MaxPool: 4,
 		Timeout: 10 * time.Second,
 		Logger:  m.log.Named("raft-net"),
@@ -155,6 +159,7 @@ func (m *Master) Start() error {
 		ProbeInterval: m.cfg.GossipProbeInterval,
 		ProbeTimeout:  m.cfg.GossipProbeTimeout,
 		SuspicionMult: m.cfg.GossipSuspicionMult,
+		WrapTransport: m.cfg.WrapGossip,
 		Meta: membership.Meta{
 			Role:    membership.RoleMaster,
 			ID:      m.cfg.ID,

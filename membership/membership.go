@@ -83,6 +83,9 @@ type Config struct {
 	// ForgetAfter is how long dead and left members are remembered. Zero
 	// means 10 minutes.
 	ForgetAfter time.Duration
+	// WrapTransport, when set, wraps memberlist's network transport (fault
+	// injection in tests: cut, delay or drop packets and streams).
+	WrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 }
 
 // Membership is this process's view of the gossip pool. Create it with New,
@@ -187,6 +190,13 @@ func (m *Membership) Start() error {
 	c.Events = (*events)(m)
 	c.Logger = m.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
 	c.LogOutput = nil
+	if m.cfg.WrapTransport != nil {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{host}, BindPort: port, Logger: c.Logger})
+		if err != nil {
+			return fmt.Errorf("gossip: %w", err)
+		}
+		c.Transport = m.cfg.WrapTransport(nt)
+	}
 	ml, err := memberlist.Create(c)
 	if err != nil {
 		return fmt.Errorf("gossip: %w", err)

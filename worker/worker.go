@@ -13,6 +13,7 @@ import (
 	"github.com/gantryhq/gantry/membership"
 	"github.com/gantryhq/gantry/transport"
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -40,6 +41,11 @@ type Config struct {
 
 	Version string
 	Logger  hclog.Logger
+
+	// HTTPClient reports results to the masters; nil means a default one.
+	HTTPClient *http.Client
+	// WrapGossip wraps the gossip transport (fault injection in tests).
+	WrapGossip func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 }
 
 // Worker runs attempts pushed by the leader and reports their results to any
@@ -109,7 +115,7 @@ func New(cfg Config) (*Worker, error) {
 		attempts: make(map[api.AttemptRef]*attempt),
 		report:   make(chan struct{}, 1),
 		stop:     make(chan struct{}),
-		client:   transport.NewClient(nil),
+		client:   transport.NewClient(nil, clientOpts(cfg.HTTPClient)...),
 		reg:      prometheus.NewRegistry(),
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "gantry", Subsystem: "worker", Name: "attempts_total", Help: "Attempts this worker finished, by outcome.",
@@ -130,6 +136,13 @@ func New(cfg Config) (*Worker, error) {
 		Namespace: "gantry", Subsystem: "worker", Name: "slots", Help: "Attempts this worker runs at once.",
 	}, func() float64 { return float64(cfg.Slots) }))
 	return w, nil
+}
+
+func clientOpts(hc *http.Client) []transport.ClientOption {
+	if hc == nil {
+		return nil
+	}
+	return []transport.ClientOption{transport.WithHTTPClient(hc)}
 }
 
 // ID implements transport.Agent.
@@ -170,6 +183,7 @@ func (w *Worker) Start() error {
 		ProbeInterval: w.cfg.GossipProbeInterval,
 		ProbeTimeout:  w.cfg.GossipProbeTimeout,
 		SuspicionMult: w.cfg.GossipSuspicionMult,
+		WrapTransport: w.cfg.WrapGossip,
 		Meta: membership.Meta{
 			Role:    membership.RoleWorker,
 			ID:      w.cfg.ID,
