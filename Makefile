@@ -14,7 +14,7 @@ COMPOSE_ENV = GANTRY_PROJECT=$(GANTRY_PROJECT) GANTRY_IMAGE=$(IMAGE) MASTERS=$(M
 
 .DEFAULT_GOAL := help
 .PHONY: help build dev dev-down dev-status dev-clean test test-short fmt vet fuzz clean \
-	busybox image up down ps logs e2e bench-docker clean-image
+	busybox image up down ps logs e2e bench-docker clean-image chaos chaos-ci
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -86,3 +86,11 @@ e2e: ## end-to-end tests against the real image and compose set (test/e2e, build
 bench-docker: image ## failover and scale-up figures under compose (test/e2e benchmarks; ROUNDS=5, SCALE_ROUNDS=3); writes bench-docker.json
 	GANTRY_IMAGE=$(IMAGE) GANTRY_BENCH_ROUNDS=$(or $(ROUNDS),5) GANTRY_BENCH_SCALE_ROUNDS=$(or $(SCALE_ROUNDS),3) \
 		$(GO) test -tags e2e -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x -v ./test/e2e/...
+
+chaos: image ## fault injection against a fresh compose cluster, then a verdict (DURATION=5m SEED= FAULTS=all CLIENTS=8 KEEP=0; docs/CHAOS.md)
+	@DURATION=$(or $(DURATION),5m) SEED=$(SEED) FAULTS=$(FAULTS) CLIENTS=$(CLIENTS) KEEP=$(KEEP) GANTRY_IMAGE=$(IMAGE) scripts/chaos.sh
+
+# The CI run: fixed seed, leader kill, pause and partition, about 75 s of faults.
+CHAOS_CI_SEED ?= 20261127
+chaos-ci: image ## the short chaos run of .ci/run: 75s, fixed seed, kill-leader,pause-leader,partition-leader
+	@DURATION=75s SEED=$(CHAOS_CI_SEED) FAULTS=kill-leader,pause-leader,partition-leader GANTRY_IMAGE=$(IMAGE) scripts/chaos.sh

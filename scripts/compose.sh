@@ -32,6 +32,8 @@
 #                    `docker compose version` works, else docker-compose)
 #   WAIT             seconds `up`/`wait` waits for the cluster (120)
 #   SERVICE, TAIL    for logs: one service, lines of history (100)
+#   COMPOSE_EXTRA    more compose files to add, comma-separated (the chaos
+#                    harness adds docker-compose.chaos.yml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -84,6 +86,10 @@ case "$N" in
 5) FILES=(-f docker-compose.yml -f docker-compose.5.yml) ;;
 *) die "MASTERS=$N: use 3 or 5" ;;
 esac
+IFS=, read -r -a EXTRA <<<"${COMPOSE_EXTRA:-}"
+for f in "${EXTRA[@]}"; do
+	[ -z "$f" ] || FILES+=(-f "$f")
+done
 
 compose() { "${COMPOSE_CMD[@]}" -p "$PROJECT" "${FILES[@]}" "$@"; }
 

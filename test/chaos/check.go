@@ -500,7 +500,8 @@ func (c *Checker) checkContainers(ctx context.Context, rep *Report) {
 }
 
 // availability computes, for each fault, the longest time without an
-// acknowledged submission between its start and 10s after its heal.
+// acknowledged submission between its start and 10s after its heal (or the
+// start of the next fault, when that comes sooner).
 func (c *Checker) availability(rep *Report, ops []Op) {
 	var acks []time.Time
 	for _, op := range ops {
@@ -513,6 +514,12 @@ func (c *Checker) availability(rep *Report, ops []Op) {
 	for i := range c.Faults {
 		f := &c.Faults[i]
 		from, to := f.Start, f.Healed.Add(10*time.Second)
+		// The next fault's outage is its own: the window stops where it
+		// starts.
+		cut := i+1 < len(c.Faults) && c.Faults[i+1].Start.Before(to)
+		if cut {
+			to = c.Faults[i+1].Start
+		}
 		prev := from
 		var gap time.Duration
 		for _, a := range acks {
@@ -525,7 +532,9 @@ func (c *Checker) availability(rep *Report, ops []Op) {
 			gap = max(gap, a.Sub(prev))
 			prev = a
 		}
-		if last := to; prev.Before(last) && len(acks) > 0 && acks[len(acks)-1].After(to) {
+		if cut {
+			gap = max(gap, to.Sub(prev))
+		} else if prev.Before(to) && len(acks) > 0 && acks[len(acks)-1].After(to) {
 			// The window ended with acknowledgements still coming: the tail
 			// counts up to the next one.
 			for _, a := range acks {

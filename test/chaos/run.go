@@ -29,6 +29,10 @@ type Config struct {
 	Hold     [2]time.Duration // fault duration (default 3s to 10s)
 	// RequestTimeout bounds each client request (default 2s).
 	RequestTimeout time.Duration
+	// Pause is each client's pause between operations (default 20ms): with
+	// Clients it sets the offered load, which should stay below what the
+	// workers complete so the backlog does not grow through a long run.
+	Pause time.Duration
 	// Settle bounds the waits of the checker (default 3m).
 	Settle     time.Duration
 	Progress   time.Duration // progress line interval (default 5s); negative: none
@@ -89,7 +93,7 @@ func Run(ctx context.Context, cfg Config) (*Report, *History) {
 	}
 	logf("chaos run %s: seed %d, %s, %d clients, faults %s", runID, cfg.Seed, cfg.Duration, cfg.Clients, strings.Join(rep.Nemeses, ","))
 
-	w := &Workload{Target: cfg.Target, History: h, Clients: cfg.Clients, RequestTimeout: cfg.RequestTimeout, RunID: runID, Seed: cfg.Seed, HTTPClient: cfg.HTTPClient}
+	w := &Workload{Target: cfg.Target, History: h, Clients: cfg.Clients, RequestTimeout: cfg.RequestTimeout, Pause: cfg.Pause, RunID: runID, Seed: cfg.Seed, HTTPClient: cfg.HTTPClient}
 	submit, stopSubmit := context.WithCancel(ctx)
 	drain, stopDrain := context.WithCancel(context.Background())
 	defer stopSubmit()
