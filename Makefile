@@ -14,7 +14,7 @@ COMPOSE_ENV = GANTRY_PROJECT=$(GANTRY_PROJECT) GANTRY_IMAGE=$(IMAGE) MASTERS=$(M
 
 .DEFAULT_GOAL := help
 .PHONY: help build dev dev-down dev-status dev-clean test test-short fmt vet fuzz clean \
-	busybox image up down ps logs e2e bench-docker clean-image chaos chaos-ci
+	busybox image up down ps logs e2e bench-docker clean-image chaos chaos-ci bench
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -94,3 +94,6 @@ chaos: image ## fault injection against a fresh compose cluster, then a verdict 
 CHAOS_CI_SEED ?= 20261127
 chaos-ci: image ## the short chaos run of .ci/run: 75s, fixed seed, kill-leader,pause-leader,partition-leader
 	@DURATION=75s SEED=$(CHAOS_CI_SEED) FAULTS=kill-leader,pause-leader,partition-leader GANTRY_IMAGE=$(IMAGE) scripts/chaos.sh
+
+bench: ## gantry beside a 3-member etcd on loopback: throughput, failover, latency (installs etcd-server; BENCH_ARGS=; docs/BENCHMARKS.md)
+	@BENCH_ARGS="$(BENCH_ARGS)" scripts/bench.sh
