@@ -111,11 +111,22 @@ type Config struct {
 }
 
 // Defaults are the documented defaults for every zero field of Config.
+//
+// The Raft timers and the gossip failure detector are tuned for a LAN or one
+// host (make bench, docs/BENCHMARKS.md): a follower notices a dead leader
+// after 200-400 ms of silence (raft randomizes the heartbeat timeout between
+// one and two times its value) and pre-vote keeps a node that was cut off
+// from disrupting the others when it returns; the leader steps down when it
+// has not heard from a quorum for the lease. Gossip probes every 300 ms with
+// a 200 ms timeout and suspicion multiplier 3 declare a dead worker in one to
+// two seconds. On slower or lossy networks raise them together (for example
+// 1s/1s/500ms and 1s/500ms/4, hashicorp/raft's and memberlist's own
+// defaults).
 var Defaults = Config{
 	Cluster:             "gantry",
-	HeartbeatTimeout:    1000 * time.Millisecond,
-	ElectionTimeout:     1000 * time.Millisecond,
-	LeaderLeaseTimeout:  500 * time.Millisecond,
+	HeartbeatTimeout:    200 * time.Millisecond,
+	ElectionTimeout:     200 * time.Millisecond,
+	LeaderLeaseTimeout:  200 * time.Millisecond,
 	SnapshotInterval:    30 * time.Second,
 	SnapshotThreshold:   8192,
 	TrailingLogs:        10240,
@@ -127,9 +138,9 @@ var Defaults = Config{
 	RetryBackoff:        time.Second,
 	Retention:           24 * time.Hour,
 	GCInterval:          time.Minute,
-	GossipProbeInterval: time.Second,
-	GossipProbeTimeout:  500 * time.Millisecond,
-	GossipSuspicionMult: 4,
+	GossipProbeInterval: 300 * time.Millisecond,
+	GossipProbeTimeout:  200 * time.Millisecond,
+	GossipSuspicionMult: 3,
 	ScaleInterval:       time.Second,
 	OrphanGrace:         30 * time.Second,
 	WorkerStopTimeout:   30 * time.Second,

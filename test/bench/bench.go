@@ -21,19 +21,28 @@ import (
 
 // Config is one benchmark run.
 type Config struct {
-	Gantry  string // the gantry binary
-	Etcd    string // the etcd binary ("" skips etcd)
-	Dir     string // data and logs
-	Timers  Timers // gantry's raft timers (zero: the binary's defaults)
-	Repeats int    // runs per throughput figure (default 3)
-	For     time.Duration
-	Clients []int // concurrencies (default 1, 16, 64, 256)
-	Batch   int   // tasks per batch request (default 100)
-	Rounds  int   // failover rounds per system (default 10)
+	Gantry string // the gantry binary
+	Etcd   string // the etcd binary ("" skips etcd)
+	Dir    string // data and logs
+	Timers Timers // gantry's raft timers (zero: the binary's defaults)
+	// Slots of each of the 3 workers of the task figures (default 16).
+	Slots int
+	// LogLevel of the gantry processes (default warn).
+	LogLevel string
+	Repeats  int // runs per throughput figure (default 3)
+	For      time.Duration
+	Clients  []int // concurrencies (default 1, 16, 64, 256)
+	Batch    int   // tasks per batch request (default 100)
+	Rounds   int   // failover rounds per system (default 10)
 	// WorkerLossRounds: SIGKILLs of a busy worker (default 3).
 	WorkerLossRounds int
-	Out              io.Writer
+	// Phases to run (nil: all): submit, batch, failover, e2e, completion,
+	// workerloss.
+	Phases map[string]bool
+	Out    io.Writer
 }
+
+func (c *Config) on(phase string) bool { return c.Phases == nil || c.Phases[phase] }
 
 // Row is one concurrency of the submit benchmark.
 type Row struct {
@@ -123,6 +132,12 @@ func (c *Config) defaults() {
 	if c.Out == nil {
 		c.Out = os.Stdout
 	}
+	if c.Slots < 1 {
+		c.Slots = 16
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "warn"
+	}
 }
 
 func (c *Config) logf(format string, args ...any) {
@@ -137,7 +152,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Timers.Heartbeat > 0 {
 		rep.Timers = fmt.Sprintf("heartbeat %s, election %s, lease %s", cfg.Timers.Heartbeat, cfg.Timers.Election, cfg.Timers.Lease)
 	}
-	g, err := StartGantry(cfg.Gantry, filepath.Join(cfg.Dir, "gantry"), 3, cfg.Timers)
+	g, err := StartGantry(cfg.Gantry, filepath.Join(cfg.Dir, "gantry"), 3, cfg.Timers, cfg.LogLevel)
 	if err != nil {
 		return nil, err
 	}
@@ -165,49 +180,51 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	cfg.logf("gantry (%s) and %s up; %d runs of %s per figure", rep.Timers, orNone(rep.EtcdVer), cfg.Repeats, cfg.For)
 
-	// Submit throughput and latency, gantry and etcd interleaved so each
-	// ratio comes from one run.
-	rows := make([]Row, len(cfg.Clients))
-	type acc struct{ per, p50, p99 []float64 }
-	gacc := make([]acc, len(cfg.Clients))
-	eacc := make([]acc, len(cfg.Clients))
-	var ratios [][]float64 = make([][]float64, len(cfg.Clients))
-	for r := 0; r < cfg.Repeats; r++ {
-		for i, cl := range cfg.Clients {
-			load := Load{Clients: cl, For: cfg.For, Timeout: 5 * time.Second}
-			gr := load.Run(ctx, gs)
-			gacc[i].per = append(gacc[i].per, gr.PerSec)
-			gacc[i].p50 = append(gacc[i].p50, ms(gr.P50))
-			gacc[i].p99 = append(gacc[i].p99, ms(gr.P99))
-			rows[i].Gantry.Errors += gr.Errors
-			line := fmt.Sprintf("run %d, %3d clients: gantry %7.0f/s p50 %6.1fms p99 %6.1fms", r+1, cl, gr.PerSec, ms(gr.P50), ms(gr.P99))
-			if es != nil {
-				er := load.Run(ctx, es)
-				eacc[i].per = append(eacc[i].per, er.PerSec)
-				eacc[i].p50 = append(eacc[i].p50, ms(er.P50))
-				eacc[i].p99 = append(eacc[i].p99, ms(er.P99))
-				rows[i].Etcd.Errors += er.Errors
-				if er.PerSec > 0 {
-					ratios[i] = append(ratios[i], gr.PerSec/er.PerSec)
+	if cfg.on("submit") {
+		// Submit throughput and latency, gantry and etcd interleaved so each
+		// ratio comes from one run.
+		rows := make([]Row, len(cfg.Clients))
+		type acc struct{ per, p50, p99 []float64 }
+		gacc := make([]acc, len(cfg.Clients))
+		eacc := make([]acc, len(cfg.Clients))
+		var ratios [][]float64 = make([][]float64, len(cfg.Clients))
+		for r := 0; r < cfg.Repeats; r++ {
+			for i, cl := range cfg.Clients {
+				load := Load{Clients: cl, For: cfg.For, Timeout: 5 * time.Second}
+				gr := load.Run(ctx, gs)
+				gacc[i].per = append(gacc[i].per, gr.PerSec)
+				gacc[i].p50 = append(gacc[i].p50, ms(gr.P50))
+				gacc[i].p99 = append(gacc[i].p99, ms(gr.P99))
+				rows[i].Gantry.Errors += gr.Errors
+				line := fmt.Sprintf("run %d, %3d clients: gantry %7.0f/s p50 %6.1fms p99 %6.1fms", r+1, cl, gr.PerSec, ms(gr.P50), ms(gr.P99))
+				if es != nil {
+					er := load.Run(ctx, es)
+					eacc[i].per = append(eacc[i].per, er.PerSec)
+					eacc[i].p50 = append(eacc[i].p50, ms(er.P50))
+					eacc[i].p99 = append(eacc[i].p99, ms(er.P99))
+					rows[i].Etcd.Errors += er.Errors
+					if er.PerSec > 0 {
+						ratios[i] = append(ratios[i], gr.PerSec/er.PerSec)
+					}
+					line += fmt.Sprintf(" | etcd %7.0f/s p50 %6.1fms p99 %6.1fms", er.PerSec, ms(er.P50), ms(er.P99))
 				}
-				line += fmt.Sprintf(" | etcd %7.0f/s p50 %6.1fms p99 %6.1fms", er.PerSec, ms(er.P50), ms(er.P99))
+				cfg.logf("%s", line)
 			}
-			cfg.logf("%s", line)
 		}
-	}
-	for i, cl := range cfg.Clients {
-		rows[i].Clients = cl
-		rows[i].Gantry.PerSec, rows[i].Gantry.P50ms, rows[i].Gantry.P99ms = stat(gacc[i].per), stat(gacc[i].p50), stat(gacc[i].p99)
-		if es != nil {
-			rows[i].Etcd.PerSec, rows[i].Etcd.P50ms, rows[i].Etcd.P99ms = stat(eacc[i].per), stat(eacc[i].p50), stat(eacc[i].p99)
-			rows[i].Ratio, rows[i].HaveRatio = stat(ratios[i]), len(ratios[i]) > 0
+		for i, cl := range cfg.Clients {
+			rows[i].Clients = cl
+			rows[i].Gantry.PerSec, rows[i].Gantry.P50ms, rows[i].Gantry.P99ms = stat(gacc[i].per), stat(gacc[i].p50), stat(gacc[i].p99)
+			if es != nil {
+				rows[i].Etcd.PerSec, rows[i].Etcd.P50ms, rows[i].Etcd.P99ms = stat(eacc[i].per), stat(eacc[i].p50), stat(eacc[i].p99)
+				rows[i].Ratio, rows[i].HaveRatio = stat(ratios[i]), len(ratios[i]) > 0
+			}
 		}
+		rep.Submit = rows
 	}
-	rep.Submit = rows
 
 	// Batch submit: 16 clients, Batch tasks a request, beside etcd's
 	// single puts at 64 clients (or the highest concurrency measured).
-	{
+	if cfg.on("batch") {
 		ref := len(cfg.Clients) - 1
 		for i, cl := range cfg.Clients {
 			if cl == 64 {
@@ -233,53 +250,55 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Batch = &BatchFig{Clients: 16, Size: cfg.Batch, TasksPerSec: stat(per), VsEtcd: stat(vs)}
 	}
 
-	// Failover: SIGKILL the leader under 8 clients with 500 ms requests.
-	gaps := func(sys System) (Stat, Chart, error) {
-		var v []float64
-		var chart Chart
-		for r := 0; r < cfg.Rounds; r++ {
-			leader, err := sys.Leader(ctx)
-			if err != nil {
-				return Stat{}, chart, err
+	if cfg.on("failover") {
+		// Failover: SIGKILL the leader under 8 clients with 500 ms requests.
+		gaps := func(sys System) (Stat, Chart, error) {
+			var v []float64
+			var chart Chart
+			for r := 0; r < cfg.Rounds; r++ {
+				leader, err := sys.Leader(ctx)
+				if err != nil {
+					return Stat{}, chart, err
+				}
+				killAt := 1500 * time.Millisecond
+				var wg sync.WaitGroup
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					time.Sleep(killAt)
+					sys.Kill(leader)
+				}()
+				res := Load{Clients: 8, For: killAt + 6*time.Second, Timeout: 500 * time.Millisecond}.Run(ctx, sys)
+				wg.Wait()
+				v = append(v, res.MaxGap.Seconds())
+				if r == 0 {
+					chart = Chart{System: sys.Name(), Buckets: res.Buckets, KillAt: killAt}
+				}
+				cfg.logf("failover round %d, %s: killed member %d, longest gap %.3fs (%d errors)", r+1, sys.Name(), leader+1, res.MaxGap.Seconds(), res.Errors)
+				if err := sys.Restart(ctx, leader); err != nil {
+					return Stat{}, chart, err
+				}
 			}
-			killAt := 1500 * time.Millisecond
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				time.Sleep(killAt)
-				sys.Kill(leader)
-			}()
-			res := Load{Clients: 8, For: killAt + 6*time.Second, Timeout: 500 * time.Millisecond}.Run(ctx, sys)
-			wg.Wait()
-			v = append(v, res.MaxGap.Seconds())
-			if r == 0 {
-				chart = Chart{System: sys.Name(), Buckets: res.Buckets, KillAt: killAt}
-			}
-			cfg.logf("failover round %d, %s: killed member %d, longest gap %.3fs (%d errors)", r+1, sys.Name(), leader+1, res.MaxGap.Seconds(), res.Errors)
-			if err := sys.Restart(ctx, leader); err != nil {
-				return Stat{}, chart, err
-			}
+			return stat(v), chart, nil
 		}
-		return stat(v), chart, nil
-	}
-	st, ch, err := gaps(gs)
-	if err != nil {
-		return rep, err
-	}
-	rep.Failover.Gantry = st
-	rep.Failover.Chart = append(rep.Failover.Chart, ch)
-	if es != nil {
-		st, ch, err := gaps(es)
+		st, ch, err := gaps(gs)
 		if err != nil {
 			return rep, err
 		}
-		rep.Failover.Etcd = st
+		rep.Failover.Gantry = st
 		rep.Failover.Chart = append(rep.Failover.Chart, ch)
+		if es != nil {
+			st, ch, err := gaps(es)
+			if err != nil {
+				return rep, err
+			}
+			rep.Failover.Etcd = st
+			rep.Failover.Chart = append(rep.Failover.Chart, ch)
+		}
 	}
 
 	// Workers for the task figures.
-	const workers, slots = 3, 4
+	workers, slots := 3, cfg.Slots
 	for i := 0; i < workers; i++ {
 		if _, err := g.AddWorker(slots); err != nil {
 			return rep, err
@@ -289,9 +308,27 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := waitWorkers(ctx, cl, workers); err != nil {
 		return rep, err
 	}
+	// The tasks submitted so far (thousands of no-ops) run first: the task
+	// figures are taken on an idle cluster.
+	t0 := time.Now()
+	if err := poll(ctx, 10*time.Minute, "the backlog to drain", func() error {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		st, err := cl.Cluster(rctx, transport.ReadOptions{})
+		if err != nil {
+			return err
+		}
+		if n := st.Tasks.Pending + st.Tasks.Running; n > 0 {
+			return fmt.Errorf("%d tasks pending or running", n)
+		}
+		return nil
+	}); err != nil {
+		return rep, err
+	}
+	cfg.logf("the workers ran the submitted backlog in %s", time.Since(t0).Round(100*time.Millisecond))
 
 	// End-to-end latency at light load beside the single-commit latency.
-	{
+	if cfg.on("e2e") {
 		var p50, p99, commit []float64
 		for r := 0; r < cfg.Repeats; r++ {
 			var lats, commits []time.Duration
@@ -312,6 +349,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				}
 				cancel()
 				lats = append(lats, time.Since(t0))
+				if d := time.Since(t0); d > 2*time.Second {
+					note := fmt.Sprintf("e2e: task %s took %s (state %s, attempts %+v)", t.ID, d.Round(time.Millisecond), t.State, t.Attempts)
+					rep.Notes = append(rep.Notes, note)
+					cfg.logf("%s", note)
+				}
 				time.Sleep(10 * time.Millisecond)
 			}
 			a, b := pct(lats)
@@ -326,7 +368,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	// Completion throughput beside the machine's fork/exec rate.
-	{
+	if cfg.on("completion") {
 		const n = 3000
 		var per, fe []float64
 		conc := 2 * runtime.NumCPU()
@@ -346,7 +388,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	// Worker loss: SIGKILL a busy worker; time until its attempts run
 	// elsewhere.
-	{
+	if cfg.on("workerloss") {
 		var v []float64
 		for r := 0; r < cfg.WorkerLossRounds; r++ {
 			d, err := workerLoss(ctx, g, cl, fmt.Sprintf("loss-%d-%d", time.Now().UnixNano(), r))

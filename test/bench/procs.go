@@ -107,18 +107,19 @@ type Timers struct {
 
 // Gantry is a local gantry cluster: masters and workers as processes.
 type Gantry struct {
-	bin     string
-	dir     string
-	Masters []*proc
-	URLs    []string // by master index
-	IDs     []string // m1..mN
-	Workers []*proc
-	joins   string
-	nextW   int
+	bin      string
+	dir      string
+	Masters  []*proc
+	URLs     []string // by master index
+	IDs      []string // m1..mN
+	Workers  []*proc
+	joins    string
+	nextW    int
+	logLevel string
 }
 
 // StartGantry starts n masters in dir (fsync on, as shipped).
-func StartGantry(bin, dir string, n int, t Timers) (*Gantry, error) {
+func StartGantry(bin, dir string, n int, t Timers, logLevel string) (*Gantry, error) {
 	ps, err := ports(3 * n)
 	if err != nil {
 		return nil, err
@@ -126,7 +127,7 @@ func StartGantry(bin, dir string, n int, t Timers) (*Gantry, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	g := &Gantry{bin: bin, dir: dir}
+	g := &Gantry{bin: bin, dir: dir, logLevel: logLevel}
 	var peers, joins []string
 	for i := 0; i < n; i++ {
 		peers = append(peers, fmt.Sprintf("m%d=127.0.0.1:%d", i+1, ps[3*i+1]))
@@ -138,7 +139,7 @@ func StartGantry(bin, dir string, n int, t Timers) (*Gantry, error) {
 		args := []string{"master", "--id", id, "--data-dir", filepath.Join(dir, id),
 			"--http", fmt.Sprintf("127.0.0.1:%d", ps[3*i]), "--raft", fmt.Sprintf("127.0.0.1:%d", ps[3*i+1]),
 			"--gossip", fmt.Sprintf("127.0.0.1:%d", ps[3*i+2]), "--peers", strings.Join(peers, ","),
-			"--join", g.joins, "--scaling", "off", "--log-level", "warn"}
+			"--join", g.joins, "--scaling", "off", "--log-level", logLevel}
 		if t.Heartbeat > 0 {
 			args = append(args, "--raft-heartbeat-timeout", t.Heartbeat.String(), "--raft-election-timeout", t.Election.String(), "--raft-lease-timeout", t.Lease.String())
 		}
@@ -166,7 +167,7 @@ func (g *Gantry) AddWorker(slots int) (*proc, error) {
 	id := "w" + strconv.Itoa(g.nextW)
 	p := &proc{name: "gantry " + id, bin: g.bin, log: filepath.Join(g.dir, id+".log"), args: []string{"worker", "--id", id,
 		"--http", fmt.Sprintf("127.0.0.1:%d", ps[0]), "--gossip", fmt.Sprintf("127.0.0.1:%d", ps[1]),
-		"--join", g.joins, "--slots", strconv.Itoa(slots), "--log-level", "warn"}}
+		"--join", g.joins, "--slots", strconv.Itoa(slots), "--log-level", g.logLevel}}
 	if err := p.start(); err != nil {
 		return nil, err
 	}

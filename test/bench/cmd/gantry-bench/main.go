@@ -32,6 +32,9 @@ func run() int {
 	heartbeat := fs.Duration("raft-heartbeat-timeout", 0, "gantry's raft heartbeat timeout (0: the binary's default)")
 	election := fs.Duration("raft-election-timeout", 0, "gantry's raft election timeout (0: the binary's default)")
 	lease := fs.Duration("raft-lease-timeout", 0, "gantry's raft lease timeout (0: the binary's default)")
+	phases := fs.String("phases", "all", "phases to run: all, or some of submit,batch,failover,e2e,completion,workerloss")
+	slots := fs.Int("worker-slots", 16, "slots of each of the 3 workers that run the task figures")
+	logLevel := fs.String("log-level", "warn", "log level of the gantry processes (their logs are in --dir)")
 	report := fs.String("report", "bench-report.json", "where the JSON report goes")
 	chart := fs.String("chart", "docs/failover.svg", "where the failover chart goes (\"\": none)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -42,6 +45,14 @@ func run() int {
 	if cfg.Timers.Heartbeat > 0 && (cfg.Timers.Election <= 0 || cfg.Timers.Lease <= 0) {
 		fmt.Fprintln(os.Stderr, "--raft-heartbeat-timeout needs --raft-election-timeout and --raft-lease-timeout")
 		return 2
+	}
+	cfg.LogLevel = *logLevel
+	cfg.Slots = *slots
+	if *phases != "all" {
+		cfg.Phases = map[string]bool{}
+		for _, p := range strings.Split(*phases, ",") {
+			cfg.Phases[strings.TrimSpace(p)] = true
+		}
 	}
 	for _, c := range strings.Split(*clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(c))
