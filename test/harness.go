@@ -3,6 +3,15 @@
 // workers in one process) and the tests that kill, restart and cut off its
 // nodes, plus a process-level test of the `make dev` topology. Nothing
 // imports this package.
+//
+// With Options.Fabric, the nodes of a cluster talk to each other (raft,
+// gossip, HTTP) through a fault-injecting fabric (fabric.go) that can cut,
+// cut one way, isolate, delay and drop; TestChaosInProcess runs the chaos
+// harness (test/chaos) over it. The fabric enforces its rules in wrappers of
+// the nodes' dials and gossip sends, not in the kernel: the test's own
+// clients are never faulted, data already buffered when a cut starts may
+// still arrive, and one connection's writes are delayed in order. See
+// Fabric for the details.
 package test
 
 import (
@@ -39,6 +48,10 @@ type Options struct {
 	Worker func(*worker.Config)
 	// NoWait skips waiting for a leader and the workers at start.
 	NoWait bool
+	// Fabric, when set, carries all traffic between the nodes (raft,
+	// gossip, HTTP) so that tests can cut, delay and drop it. Every node is
+	// registered with it under its ID.
+	Fabric *Fabric
 }
 
 // Cluster is an in-process gantry cluster for tests.
@@ -176,6 +189,9 @@ func NewCluster(t testing.TB, opts Options) *Cluster {
 			RaftAddr: addr(FreePort(t)), HTTPAddr: addr(FreePort(t)), Gossip: addr(FreePort(t)),
 		}
 		c.Masters = append(c.Masters, n)
+		if opts.Fabric != nil {
+			opts.Fabric.Register(n.ID, n.RaftAddr, n.HTTPAddr, n.Gossip)
+		}
 		c.peers = append(c.peers, master.Peer{ID: n.ID, Addr: n.RaftAddr})
 		c.seeds = append(c.seeds, n.Gossip)
 	}
@@ -228,6 +244,11 @@ func (c *Cluster) StartMaster(n *MasterNode) {
 		}
 	}
 	cfg.Logger = c.log.Named(n.ID)
+	if f := c.opts.Fabric; f != nil {
+		cfg.WrapRaftStream = f.RaftStream(n.ID)
+		cfg.WrapGossip = f.Gossip(n.ID)
+		cfg.HTTPClient = f.HTTPClient(n.ID)
+	}
 	if c.opts.Master != nil {
 		c.opts.Master(&cfg)
 	}
@@ -319,6 +340,10 @@ func (c *Cluster) TryStartWorker(n *WorkerNode) error {
 		GossipProbeInterval: 300 * time.Millisecond, GossipProbeTimeout: 250 * time.Millisecond, GossipSuspicionMult: 3,
 		Exec: worker.ExecConfig{KillGrace: 200 * time.Millisecond},
 	}
+	if f := c.opts.Fabric; f != nil {
+		cfg.WrapGossip = f.Gossip(n.ID)
+		cfg.HTTPClient = f.HTTPClient(n.ID)
+	}
 	if c.opts.Worker != nil {
 		c.opts.Worker(&cfg)
 	}
@@ -336,7 +361,11 @@ func (c *Cluster) TryStartWorker(n *WorkerNode) error {
 
 // NewWorkerNode returns a worker node with fresh ports, not started.
 func (c *Cluster) NewWorkerNode(id string, slots int) *WorkerNode {
-	return &WorkerNode{c: c, ID: id, HTTPAddr: addr(FreePort(c.t)), Gossip: addr(FreePort(c.t)), Slots: slots}
+	n := &WorkerNode{c: c, ID: id, HTTPAddr: addr(FreePort(c.t)), Gossip: addr(FreePort(c.t)), Slots: slots}
+	if c.opts.Fabric != nil {
+		c.opts.Fabric.Register(n.ID, n.HTTPAddr, n.Gossip)
+	}
+	return n
 }
 
 // KillWorker stops a worker the way a crash would.
