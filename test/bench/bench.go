@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gantryhq/gantry/api"
+	"github.com/gantryhq/gantry/test/bench/statescale"
 	"github.com/gantryhq/gantry/transport"
 )
 
@@ -25,6 +26,9 @@ type Config struct {
 	Etcd   string // the etcd binary ("" skips etcd)
 	Dir    string // data and logs
 	Timers Timers // gantry's raft timers (zero: the binary's defaults)
+	// StateTasks is the pending backlog of the state-scale figures
+	// (default 1,000,000).
+	StateTasks int
 	// Slots of each of the 3 workers of the task figures (default 16).
 	Slots int
 	// LogLevel of the gantry processes (default warn).
@@ -37,7 +41,7 @@ type Config struct {
 	// WorkerLossRounds: SIGKILLs of a busy worker (default 3).
 	WorkerLossRounds int
 	// Phases to run (nil: all): submit, batch, failover, e2e, completion,
-	// workerloss.
+	// workerloss, statescale.
 	Phases map[string]bool
 	Out    io.Writer
 }
@@ -89,8 +93,9 @@ type Report struct {
 		Tasks      int     `json:"tasks"`
 		Concurrent int     `json:"fork_exec_goroutines"`
 	} `json:"completion"`
-	WorkerLoss Stat `json:"worker_loss_s"`
-	Notes      []string
+	WorkerLoss Stat               `json:"worker_loss_s"`
+	StateScale *statescale.Result `json:"state_scale,omitempty"`
+	Notes      []string           `json:"notes,omitempty"`
 }
 
 // BatchFig is the batch submit figure.
@@ -131,6 +136,9 @@ func (c *Config) defaults() {
 	}
 	if c.Out == nil {
 		c.Out = os.Stdout
+	}
+	if c.StateTasks < 1 {
+		c.StateTasks = 1_000_000
 	}
 	if c.Slots < 1 {
 		c.Slots = 16
@@ -399,6 +407,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			cfg.logf("worker loss round %d: attempts running elsewhere %.3fs after the SIGKILL", r+1, d.Seconds())
 		}
 		rep.WorkerLoss = stat(v)
+	}
+	g.Stop()
+	if es != nil {
+		es.E.Stop()
+	}
+
+	// State scale: a backlog of StateTasks pending tasks in one state
+	// machine, in this process, with the clusters stopped.
+	if cfg.on("statescale") {
+		cfg.logf("state scale: %d pending tasks in one state machine", cfg.StateTasks)
+		res, err := statescale.Run(cfg.StateTasks, cfg.Out)
+		if err != nil {
+			return rep, err
+		}
+		rep.StateScale = &res
 	}
 	return rep, nil
 }

@@ -40,6 +40,10 @@ func (r *Report) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "completion: %s no-op tasks/s (%d workers x %d slots, %d tasks); fork/exec of true: %s/s (%d goroutines); ratio %.2f\n",
 		c.PerSec.f("%.0f"), c.Workers, c.Slots, c.Tasks, c.ForkExec.f("%.0f"), c.Concurrent, c.Ratio)
 	fmt.Fprintf(w, "worker loss (SIGKILL of a busy worker) to its attempts running elsewhere: %s s\n", r.WorkerLoss.f("%.3f"))
+	if st := r.StateScale; st != nil {
+		fmt.Fprintf(w, "state scale, %d pending tasks: %.0f B of heap per task; snapshot %.2f s (%.0f MiB), restore %.2f s; dispatch %.0f assignments/s\n",
+			st.N, st.HeapBytesPerTask, st.SnapshotSeconds, float64(st.SnapshotBytes)/(1<<20), st.RestoreSeconds, st.DispatchPerSecond)
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintln(w, "note:", n)
 	}
