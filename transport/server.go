@@ -88,6 +88,8 @@ type Server struct {
 	hc   *http.Client
 	mux  *http.ServeMux
 
+	coalesce *coalescer // a follower's single submissions, batched for the leader
+
 	requests *prometheus.CounterVec   // nil without a registry
 	latency  *prometheus.HistogramVec // nil without a registry
 }
@@ -108,6 +110,7 @@ func NewServer(m Master, opts ServerOptions) *Server {
 		}}
 	}
 	s := &Server{m: m, opts: opts, log: opts.Logger.Named("http"), hc: opts.Client, mux: http.NewServeMux()}
+	s.coalesce = newCoalescer(s)
 	if opts.Registry != nil {
 		s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "gantry", Name: "http_requests_total", Help: "HTTP requests served, by route, method and status code.",
@@ -139,13 +142,16 @@ type route struct {
 	leader   bool  // served by the leader: forwarded by followers
 	stale    bool  // ?stale=true serves it locally instead
 	maxBytes int64 // body limit
+	// viaLeader, when set, serves the request on a follower instead of a
+	// plain forward (same contract as forward).
+	viaLeader func(w http.ResponseWriter, r *http.Request, body []byte, li LeaderInfo) error
 }
 
 func (s *Server) routes() {
 	s.handle("/healthz", map[string]route{"GET": {h: s.healthz}})
 	s.handle("/readyz", map[string]route{"GET": {h: s.readyz}})
 	s.handle("/v1/tasks", map[string]route{
-		"POST": {h: s.submit, leader: true, maxBytes: api.MaxRequestBytes},
+		"POST": {h: s.submit, leader: true, maxBytes: api.MaxRequestBytes, viaLeader: s.submitViaLeader},
 		"GET":  {h: s.list, leader: true, stale: true},
 	})
 	s.handle("/v1/tasks/batch", map[string]route{
@@ -168,6 +174,9 @@ func (s *Server) routes() {
 		"PUT": {h: s.setScale, leader: true, maxBytes: api.MaxRequestBytes},
 	})
 	s.handle("/v1/internal/self", map[string]route{"GET": {h: s.self}})
+	s.handle(pathInternalSubmit, map[string]route{
+		"POST": {h: s.submitInternal, leader: true, maxBytes: api.MaxBatchRequestBytes},
+	})
 	s.handle("/v1/digest", map[string]route{"GET": {h: s.digest}})
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.NotFoundf("no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -267,7 +276,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, rt route) {
 			writeError(w, api.Unavailablef(api.CodeNotLeader, "forwarded by %s but this master is not the leader (the leader is %s); retry", by, li.ID))
 			return
 		}
-		err = s.forward(w, r, body, li)
+		if rt.viaLeader != nil {
+			err = rt.viaLeader(w, r, body, li)
+		} else {
+			err = s.forward(w, r, body, li)
+		}
 		if err == nil {
 			return
 		}

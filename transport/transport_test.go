@@ -36,6 +36,7 @@ type fakeMaster struct {
 	errs      map[string]error // method name -> error it returns
 	policy    api.ScalePolicy
 	readyErr  error
+	gate      chan struct{} // when set, Submit waits until it is closed
 }
 
 type fakeCall struct {
@@ -141,6 +142,12 @@ func (f *fakeMaster) AwaitLeader(ctx context.Context) (LeaderInfo, error) {
 func (f *fakeMaster) Submit(ctx context.Context, specs []api.TaskSpec) ([]api.SubmitResult, error) {
 	if err := f.record("Submit", true, specs); err != nil {
 		return nil, err
+	}
+	f.mu.Lock()
+	gate := f.gate
+	f.mu.Unlock()
+	if gate != nil {
+		<-gate
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -662,25 +669,29 @@ func TestServer_ForwardsOneHopToTheLeader(t *testing.T) {
 	if got := r.Header.Get("Location"); got != "/v1/tasks/"+task.ID {
 		t.Errorf("Location %q not copied from the leader", got)
 	}
+	// A single submission reaches the leader as a coalesced internal
+	// request carrying the normalized spec (the key from the header in it).
 	reqs := leader.requests()
 	if len(reqs) != 1 {
 		t.Fatalf("the leader got %d requests, want exactly 1", len(reqs))
 	}
 	got := reqs[0]
-	if got.Method != "POST" || got.URI != "/v1/tasks" {
-		t.Errorf("the leader got %s %s", got.Method, got.URI)
+	if got.Method != "POST" || got.URI != pathInternalSubmit {
+		t.Errorf("the leader got %s %s, want POST %s", got.Method, got.URI, pathInternalSubmit)
 	}
-	if !bytes.Equal(got.Body, body) {
-		t.Errorf("the leader got body %q, want %q", got.Body, body)
+	var in internalSubmitRequest
+	if err := json.Unmarshal(got.Body, &in); err != nil || len(in.Specs) != 1 ||
+		in.Specs[0].IdempotencyKey != "key-1" || strings.Join(in.Specs[0].Args, " ") != "echo forwarded" || in.Specs[0].Env["A"] != "1" {
+		t.Errorf("the leader got body %s (%v)", got.Body, err)
 	}
 	if v := got.Header.Get(HeaderForwarded); v != "fol" {
 		t.Errorf("%s = %q, want fol", HeaderForwarded, v)
 	}
-	if v := got.Header.Get(HeaderIdempotencyKey); v != "key-1" {
-		t.Errorf("%s = %q, want key-1", HeaderIdempotencyKey, v)
-	}
 	if v := got.Header.Get("Content-Type"); v != "application/json" {
 		t.Errorf("Content-Type = %q", v)
+	}
+	if c := leader.f.callsTo("Submit"); len(c) != 1 {
+		t.Errorf("Submit on the leader: %+v", c)
 	}
 	if c := follower.f.businessCalls(); len(c) != 0 {
 		t.Errorf("the follower served the request itself: %+v", c)
@@ -708,8 +719,17 @@ func TestServer_ForwardsOneHopToTheLeader(t *testing.T) {
 	wantError(t, "forwarded 404", doRaw(t, "GET", follower.URL()+"/v1/tasks/0000000000000001", nil, nil), 404, api.CodeNotFound, "")
 	leader.f.setErr("Task", api.Unavailablef(api.CodeNotLeader, "stepped down"))
 	wantError(t, "forwarded 503", doRaw(t, "GET", follower.URL()+"/v1/tasks/0000000000000001", nil, nil), 503, api.CodeNotLeader, "")
-	// Validation happens on the leader; its 400 names the field.
-	wantError(t, "forwarded 400", doRaw(t, "POST", follower.URL()+"/v1/tasks", []byte(`{"args":[]}`), nil), 400, api.CodeBadRequest, "args")
+	// A submission is validated by the follower already; its 400 names the
+	// field and nothing reaches the leader.
+	n := len(leader.requests())
+	wantError(t, "follower 400", doRaw(t, "POST", follower.URL()+"/v1/tasks", []byte(`{"args":[]}`), nil), 400, api.CodeBadRequest, "args")
+	if len(leader.requests()) != n {
+		t.Errorf("an invalid submission reached the leader")
+	}
+	// The leader's error on a coalesced submission comes back unchanged.
+	leader.f.setErr("Submit", api.Unavailablef(api.CodeNotLeader, "stepped down"))
+	wantError(t, "coalesced 503", doRaw(t, "POST", follower.URL()+"/v1/tasks", []byte(`{"args":["true"]}`), nil), 503, api.CodeNotLeader, "")
+	leader.f.setErr("Submit", nil)
 
 	// Through the typed client, with errors.Is across two servers.
 	cl := NewClient([]string{follower.URL()})
@@ -719,6 +739,76 @@ func TestServer_ForwardsOneHopToTheLeader(t *testing.T) {
 	if c := follower.f.businessCalls(); len(c) != 0 {
 		t.Errorf("the follower served requests itself: %+v", c)
 	}
+}
+
+// A follower coalesces concurrent single submissions into few internal
+// requests, and every client still gets its own answer: its task, 201 for a
+// new one and 200 for a key seen before.
+func TestServer_CoalescesFollowerSubmissions(t *testing.T) {
+	follower, leader := forwardSetup(t)
+	r := doRaw(t, "POST", follower.URL()+"/v1/tasks", []byte(`{"args":["true"]}`), map[string]string{HeaderIdempotencyKey: "seen"})
+	if r.Status != http.StatusCreated {
+		t.Fatalf("first submit: %d %s", r.Status, r.Body)
+	}
+	before := len(leader.requests())
+	gate := make(chan struct{})
+	leader.f.mu.Lock()
+	leader.f.gate = gate
+	leader.f.mu.Unlock()
+	const n = 60
+	type answer struct {
+		key    string
+		status int
+		task   api.Task
+	}
+	answers := make(chan answer, n)
+	for i := 0; i < n; i++ {
+		key := fmt.Sprintf("k%d", i)
+		if i%10 == 0 {
+			key = "seen"
+		}
+		go func(key string) {
+			r := doRaw(t, "POST", follower.URL()+"/v1/tasks", []byte(`{"args":["echo","`+key+`"]}`), map[string]string{HeaderIdempotencyKey: key})
+			var task api.Task
+			_ = json.Unmarshal(r.Body, &task)
+			answers <- answer{key, r.Status, task}
+		}(key)
+	}
+	// Let the follower queue them behind the blocked senders, then release.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(leader.f.callsTo("Submit")) < 1+coalesceInflight && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(gate)
+	ids := map[string]string{}
+	for i := 0; i < n; i++ {
+		a := <-answers
+		want := http.StatusCreated
+		if a.key == "seen" {
+			want = http.StatusOK
+		}
+		if a.status != want || a.task.ID == "" {
+			t.Errorf("key %s: status %d task %+v, want %d", a.key, a.status, a.task, want)
+		}
+		if prev, ok := ids[a.key]; ok && prev != a.task.ID {
+			t.Errorf("key %s answered as %s and %s", a.key, prev, a.task.ID)
+		}
+		ids[a.key] = a.task.ID
+	}
+	if len(ids) != n-n/10+1 {
+		t.Errorf("%d distinct keys answered, want %d", len(ids), n-n/10+1)
+	}
+	reqs := leader.requests()[before:]
+	if len(reqs) >= n {
+		t.Errorf("the leader got %d requests for %d submissions: nothing was coalesced", len(reqs), n)
+	}
+	for _, r := range reqs {
+		if r.URI != pathInternalSubmit {
+			t.Errorf("the leader got %s %s", r.Method, r.URI)
+		}
+	}
+	t.Logf("%d submissions reached the leader in %d requests", n, len(reqs))
 }
 
 func TestServer_ForwardedRequestIsNotForwardedAgain(t *testing.T) {

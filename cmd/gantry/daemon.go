@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime"
@@ -105,6 +106,7 @@ func newMasterCmd() *cobra.Command {
 		lf                logFlags
 		gf                gossipFlags
 		leaderWait        time.Duration
+		pprofAddr         string
 		snapshotThreshold uint64
 		trailingLogs      uint64
 		sf                scaleFlags
@@ -141,6 +143,11 @@ func newMasterCmd() *cobra.Command {
 			if err := sf.apply(&cfg, gf, lf, log); err != nil {
 				return err
 			}
+			if pprofAddr != "" {
+				if err := servePprof(pprofAddr, log); err != nil {
+					return fmt.Errorf("--pprof: %w", err)
+				}
+			}
 			return runMaster(cfg, httpAddr, leaderWait, log)
 		},
 	}
@@ -166,6 +173,7 @@ func newMasterCmd() *cobra.Command {
 	f.DurationVar(&cfg.RetryBackoff, "retry-backoff", master.Defaults.RetryBackoff, "base of the exponential delay before a failed attempt is retried")
 	f.DurationVar(&cfg.Retention, "retention", master.Defaults.Retention, "terminal tasks (and their idempotency keys) are forgotten after this long")
 	f.DurationVar(&leaderWait, "leader-wait", 5*time.Second, "how long a request waits for a leader before it gets 503")
+	f.StringVar(&pprofAddr, "pprof", "", "serve Go's profiling endpoints (/debug/pprof/) on this address, e.g. 127.0.0.1:6060 (off when empty; keep it private)")
 	sf.add(cmd)
 	f.DurationVar(&cfg.ScaleInterval, "scale-interval", master.Defaults.ScaleInterval, "the leader reconciles worker containers at least this often")
 	f.DurationVar(&cfg.OrphanGrace, "orphan-grace", master.Defaults.OrphanGrace, "a container of this cluster that no record accounts for is removed after this long")
@@ -297,4 +305,27 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// servePprof serves net/http/pprof's endpoints on their own listener, so
+// they are never reachable through the API address.
+func servePprof(addr string, log hclog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	go func() {
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		if err := srv.Serve(ln); err != nil {
+			log.Warn("pprof server stopped", "error", err)
+		}
+	}()
+	log.Info("serving pprof", "addr", ln.Addr().String())
+	return nil
 }
