@@ -305,7 +305,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 
-	// Workers for the task figures.
+	// The task figures run on a fresh cluster with workers: the one above
+	// holds every task the write figures submitted.
+	g.Stop()
+	if es != nil {
+		es.E.Stop()
+	}
+	g, err = StartGantry(cfg.Gantry, filepath.Join(cfg.Dir, "gantry-tasks"), 3, cfg.Timers, cfg.LogLevel)
+	if err != nil {
+		return rep, err
+	}
+	defer g.Stop()
+	gs = NewGantrySys(g)
+	if err := gs.Ready(ctx); err != nil {
+		return rep, err
+	}
 	workers, slots := 3, cfg.Slots
 	for i := 0; i < workers; i++ {
 		if _, err := g.AddWorker(slots); err != nil {
@@ -409,9 +423,6 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.WorkerLoss = stat(v)
 	}
 	g.Stop()
-	if es != nil {
-		es.E.Stop()
-	}
 
 	// State scale: a backlog of StateTasks pending tasks in one state
 	// machine, in this process, with the clusters stopped.

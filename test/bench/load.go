@@ -63,6 +63,9 @@ func (l Load) Run(ctx context.Context, sys System) LoadResult {
 		errs    int
 		wg      sync.WaitGroup
 	)
+	if r, ok := sys.(interface{ NewRound() }); ok {
+		r.NewRound() // fresh keys: a repeated run must not hit the idempotency cache
+	}
 	rctx, cancel := context.WithTimeout(ctx, l.For)
 	defer cancel()
 	start := time.Now()

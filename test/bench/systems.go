@@ -24,6 +24,7 @@ type GantrySys struct {
 	Batch   int // 0 or 1: single submissions
 	Args    []string
 	run     string
+	round   int
 	clients []*transport.Client // one per master, sharing a pooled http.Client
 	hc      *http.Client
 }
@@ -43,6 +44,14 @@ func NewGantrySys(g *Gantry) *GantrySys {
 
 // Name implements System.
 func (s *GantrySys) Name() string { return "gantry" }
+
+// NewRound starts a new key space, so that no key of an earlier load is
+// submitted again (it would be answered from the idempotency index without
+// a commit).
+func (s *GantrySys) NewRound() {
+	s.round++
+	s.run = strconv.FormatInt(time.Now().UnixNano(), 36) + "r" + strconv.Itoa(s.round)
+}
 
 // Members implements System.
 func (s *GantrySys) Members() int { return len(s.G.URLs) }
@@ -166,6 +175,9 @@ func (s *EtcdSys) Close() {
 
 // Name implements System.
 func (s *EtcdSys) Name() string { return "etcd" }
+
+// NewRound starts a new key space, as for gantry.
+func (s *EtcdSys) NewRound() { s.run = strconv.FormatInt(time.Now().UnixNano(), 36) }
 
 // Members implements System.
 func (s *EtcdSys) Members() int { return len(s.E.Endpoints) }
