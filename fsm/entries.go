@@ -18,15 +18,16 @@ type EntryType uint8
 
 // The entry types.
 const (
-	_             EntryType = iota // 0 is never written: it catches zeroed data
-	EntrySubmit                    // 1: new tasks
-	EntryAssign                    // 2: attempts given to workers
-	EntryResult                    // 3: attempts finished by workers
-	EntryRequeue                   // 4: attempts taken back from lost workers
-	EntryCancel                    // 5: a task canceled
-	EntryGC                        // 6: old terminal tasks forgotten
-	EntrySetScale                  // 7: the scaling policy
-	EntryScaleOp                   // 8: a step in the life of a managed worker container
+	_                 EntryType = iota // 0 is never written: it catches zeroed data
+	EntrySubmit                        // 1: new tasks
+	EntryAssign                        // 2: attempts given to workers
+	EntryResult                        // 3: attempts finished by workers
+	EntryRequeue                       // 4: attempts taken back from lost workers
+	EntryCancel                        // 5: a task canceled
+	EntryGC                            // 6: old terminal tasks forgotten
+	EntrySetScale                      // 7: the scaling policy
+	EntryScaleOp                       // 8: a step in the life of a managed worker container
+	EntrySubmitAssign                  // 9: new tasks, some started at once on workers with free slots
 )
 
 func (t EntryType) String() string {
@@ -47,6 +48,8 @@ func (t EntryType) String() string {
 		return "set-scale"
 	case EntryScaleOp:
 		return "scale-op"
+	case EntrySubmitAssign:
+		return "submit-assign"
 	}
 	return fmt.Sprintf("entry(%d)", uint8(t))
 }
@@ -64,6 +67,18 @@ type Entry interface {
 type SubmitEntry struct {
 	At    time.Time      `json:"at"`
 	Tasks []api.TaskSpec `json:"tasks"`
+}
+
+// SubmitAssignEntry adds tasks like a SubmitEntry and, in the same entry,
+// starts attempt 1 of the i-th new task on Workers[i] (when not empty), so
+// that an idle cluster runs a task one commit after its submission instead
+// of two. A spec answered by an existing task (its key was known) starts
+// nothing; an assignment the state refuses (a retiring worker) leaves its
+// task pending for the dispatcher. Workers is as long as Tasks.
+type SubmitAssignEntry struct {
+	At      time.Time      `json:"at"`
+	Tasks   []api.TaskSpec `json:"tasks"`
+	Workers []string       `json:"workers"`
 }
 
 // Assignment gives attempt Attempt of a pending task to Worker.
@@ -151,6 +166,9 @@ func (*ScaleOpEntry) Type() EntryType { return EntryScaleOp }
 func (*SubmitEntry) Type() EntryType { return EntrySubmit }
 
 // Type implements Entry.
+func (*SubmitAssignEntry) Type() EntryType { return EntrySubmitAssign }
+
+// Type implements Entry.
 func (*AssignEntry) Type() EntryType { return EntryAssign }
 
 // Type implements Entry.
@@ -203,6 +221,8 @@ func Decode(b []byte) (Entry, error) {
 		e = &SetScaleEntry{}
 	case EntryScaleOp:
 		e = &ScaleOpEntry{}
+	case EntrySubmitAssign:
+		e = &SubmitAssignEntry{}
 	default:
 		return nil, fmt.Errorf("%w: unknown type %d", ErrCorruptEntry, b[0])
 	}

@@ -42,6 +42,7 @@ func sampleEntries() []Entry {
 		&SetScaleEntry{At: t0.Add(6 * time.Second), Policy: api.ScalePolicy{Mode: api.ScaleAuto, Min: 1, Max: 8, BacklogPerWorker: 5, Cooldown: "1m0s"}},
 		&ScaleOpEntry{At: t0.Add(7 * time.Second), Op: ScaleCreate, Prefix: "gantry-worker", Count: 2},
 		&ScaleOpEntry{At: t0.Add(8 * time.Second), Op: ScaleDrain, Names: []string{"gantry-worker-1"}},
+		&SubmitAssignEntry{At: t0.Add(9 * time.Second), Tasks: []api.TaskSpec{spec("echo", "now")}, Workers: []string{"w1"}},
 	}
 }
 
@@ -60,8 +61,9 @@ func TestEntryType_NumbersNeverChange(t *testing.T) {
 		{EntryGC, 6, "gc"},
 		{EntrySetScale, 7, "set-scale"},
 		{EntryScaleOp, 8, "scale-op"},
+		{EntrySubmitAssign, 9, "submit-assign"},
 		{0, 0, "entry(0)"},
-		{9, 9, "entry(9)"},
+		{10, 10, "entry(10)"},
 	}
 	for _, tt := range tests {
 		if uint8(tt.typ) != tt.num {
@@ -138,7 +140,7 @@ func TestDecode_RejectsCorruptEntries(t *testing.T) {
 		{"nil", ""},
 		{"zero type", "\x00{}"},
 		{"zero type alone", "\x00"},
-		{"unknown type", "\x09{}"},
+		{"unknown type", "\x0a{}"},
 		{"type 255", "\xff{}"},
 		{"no body", "\x01"},
 		{"whitespace body", "\x01 \n"},

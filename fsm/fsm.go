@@ -20,6 +20,14 @@ type SubmitOutcome struct {
 // SubmitResponse is what applying a SubmitEntry returns.
 type SubmitResponse struct{ Results []SubmitOutcome }
 
+// SubmitAssignResponse is what applying a SubmitAssignEntry returns: the
+// outcome of every spec, and whether its attempt 1 was started on the
+// worker the entry named.
+type SubmitAssignResponse struct {
+	Results  []SubmitOutcome
+	Assigned []bool
+}
+
 // AssignResponse is what applying an AssignEntry returns.
 type AssignResponse struct{ Accepted []bool }
 
@@ -111,6 +119,8 @@ func (f *FSM) applyLocked(e Entry, ended *[]uint64) any {
 	switch e := e.(type) {
 	case *SubmitEntry:
 		resp = s.applySubmit(e)
+	case *SubmitAssignEntry:
+		resp = s.applySubmitAssign(e)
 	case *AssignEntry:
 		resp = s.applyAssign(e)
 	case *ResultEntry:

@@ -1606,3 +1606,80 @@ func TestGet_ReturnsACopy(t *testing.T) {
 		t.Fatal("Get(0) found a task")
 	}
 }
+
+// ---- submit-assign ----
+
+// A submit-assign entry adds the tasks and starts attempt 1 of each new one
+// on its worker in the same entry; a known key and a retiring worker start
+// nothing, and the state equals a submit followed by an assign.
+func TestSubmitAssign_SubmitsAndStartsInOneEntry(t *testing.T) {
+	h := mustNewHarness(t)
+	known := h.mustSubmit(t0, specWith(func(s *api.TaskSpec) { s.IdempotencyKey = "k" }))
+	as[*ScaleOpResponse](t, h.apply(&ScaleOpEntry{At: t0, Op: ScaleCreate, Prefix: "m", Count: 1}))
+	h.apply(&ScaleOpEntry{At: t0, Op: ScaleCreated, Names: []string{"m-1"}})
+	h.apply(&ScaleOpEntry{At: t0, Op: ScaleDrain, Names: []string{"m-1"}})
+
+	e := &SubmitAssignEntry{At: sec(2), Tasks: []api.TaskSpec{
+		spec("a"),
+		specWith(func(s *api.TaskSpec) { s.IdempotencyKey = "k" }), // known: existing task
+		spec("b"),
+		spec("c"), // draining worker: refused
+		spec("d"), // no worker
+	}, Workers: []string{"w1", "w2", "w2", "m-1", ""}}
+	r := as[*SubmitAssignResponse](t, h.apply(e))
+	if len(r.Results) != 5 || !r.Results[1].Existing || r.Results[1].ID != known {
+		t.Fatalf("results %+v", r.Results)
+	}
+	if want := []bool{true, false, true, false, false}; !slices.Equal(r.Assigned, want) {
+		t.Fatalf("assigned %v, want %v", r.Assigned, want)
+	}
+	for _, i := range []int{0, 2} {
+		task := wantState(t, h.f, r.Results[i].ID, api.StateRunning)
+		want := []api.AttemptRecord{{Attempt: 1, Worker: e.Workers[i], Outcome: api.OutcomeRunning, StartedAt: sec(2)}}
+		if task.Attempt != 1 || task.Worker != e.Workers[i] || !task.CreatedAt.Equal(sec(2)) || !task.StartedAt.Equal(sec(2)) || !slices.Equal(task.Attempts, want) {
+			t.Errorf("task %d: %+v", i, task)
+		}
+	}
+	wantState(t, h.f, known, api.StatePending)
+	wantState(t, h.f, r.Results[3].ID, api.StatePending)
+	wantState(t, h.f, r.Results[4].ID, api.StatePending)
+
+	// The same as a submit, then an assign.
+	g := mustNewHarness(t)
+	g.mustSubmit(t0, specWith(func(s *api.TaskSpec) { s.IdempotencyKey = "k" }))
+	g.apply(&ScaleOpEntry{At: t0, Op: ScaleCreate, Prefix: "m", Count: 1})
+	g.apply(&ScaleOpEntry{At: t0, Op: ScaleCreated, Names: []string{"m-1"}})
+	g.apply(&ScaleOpEntry{At: t0, Op: ScaleDrain, Names: []string{"m-1"}})
+	sub := g.submit(sec(2), e.Tasks...)
+	g.apply(&AssignEntry{At: sec(2), Assignments: []Assignment{
+		{TaskID: sub.Results[0].ID, Attempt: 1, Worker: "w1"}, {TaskID: sub.Results[2].ID, Attempt: 1, Worker: "w2"},
+	}})
+	_, _, da := h.f.Digest()
+	_, _, db := g.f.Digest()
+	if da != db {
+		t.Errorf("submit-assign digest %s differs from submit + assign %s", da, db)
+	}
+	// Replaying the log gives the same state.
+	rep := New()
+	for _, l := range h.log {
+		rep.Apply(l)
+	}
+	if _, _, dr := rep.Digest(); dr != da {
+		t.Errorf("replayed digest %s, want %s", dr, da)
+	}
+}
+
+func TestSubmitAssign_EncodesAndDecodes(t *testing.T) {
+	e := &SubmitAssignEntry{At: t0, Tasks: []api.TaskSpec{spec("a")}, Workers: []string{"w"}}
+	b := mustEncode(t, e)
+	if EntryType(b[0]) != EntrySubmitAssign || EntrySubmitAssign.String() != "submit-assign" {
+		t.Fatalf("type byte %d", b[0])
+	}
+	got, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, ok := got.(*SubmitAssignEntry); !ok || len(g.Tasks) != 1 || g.Workers[0] != "w" || !g.At.Equal(t0) {
+		t.Fatalf("decoded %#v", got)
+	}
+}

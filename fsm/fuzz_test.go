@@ -229,6 +229,10 @@ func answers(e Entry, resp any) bool {
 	case *ScaleOpEntry:
 		_, ok := resp.(*ScaleOpResponse)
 		return ok
+	case *SubmitAssignEntry:
+		r, ok := resp.(*SubmitAssignResponse)
+		n := len(e.(*SubmitAssignEntry).Tasks)
+		return ok && len(r.Results) == n && len(r.Assigned) == n
 	}
 	return false
 }

@@ -233,6 +233,25 @@ func (s *state) applySubmit(e *SubmitEntry) *SubmitResponse {
 	return resp
 }
 
+// applySubmitAssign adds the tasks, then starts attempt 1 of each new one
+// whose worker the entry names, under the rules of applyAssign.
+func (s *state) applySubmitAssign(e *SubmitAssignEntry) *SubmitAssignResponse {
+	sub := s.applySubmit(&SubmitEntry{At: e.At, Tasks: e.Tasks})
+	resp := &SubmitAssignResponse{Results: sub.Results, Assigned: make([]bool, len(e.Tasks))}
+	as := &AssignEntry{At: e.At}
+	var idx []int
+	for i, o := range sub.Results {
+		if i < len(e.Workers) && e.Workers[i] != "" && !o.Existing {
+			as.Assignments = append(as.Assignments, Assignment{TaskID: o.ID, Attempt: 1, Worker: e.Workers[i]})
+			idx = append(idx, i)
+		}
+	}
+	for j, ok := range s.applyAssign(as).Accepted {
+		resp.Assigned[idx[j]] = ok
+	}
+	return resp
+}
+
 // applyAssign starts the entry's attempts and reports which were accepted.
 func (s *state) applyAssign(e *AssignEntry) *AssignResponse {
 	resp := &AssignResponse{Accepted: make([]bool, len(e.Assignments))}

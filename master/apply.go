@@ -55,9 +55,11 @@ const (
 // the application level): while one entry is in flight, new requests queue
 // up and go out together in the next.
 type batcher[T, R any] struct {
-	m     *Master
-	max   int
-	build func(items []T) fsm.Entry
+	m   *Master
+	max int
+	// build makes the entry of a batch, and optionally a function called
+	// with its outcome once raft has answered (applied, or failed).
+	build func(items []T) (fsm.Entry, func(resp any, err error))
 	split func(resp any, n int) []R
 	ch    chan *batchReq[T, R]
 }
@@ -72,7 +74,7 @@ type batchResp[R any] struct {
 	err     error
 }
 
-func newBatcher[T, R any](m *Master, max int, build func([]T) fsm.Entry, split func(any, int) []R) *batcher[T, R] {
+func newBatcher[T, R any](m *Master, max int, build func([]T) (fsm.Entry, func(any, error)), split func(any, int) []R) *batcher[T, R] {
 	return &batcher[T, R]{m: m, max: max, build: build, split: split, ch: make(chan *batchReq[T, R], 1024)}
 }
 
@@ -125,8 +127,12 @@ func (b *batcher[T, R]) run(stop chan struct{}, wg *sync.WaitGroup) {
 		for _, r := range batch {
 			items = append(items, r.items...)
 		}
-		data, err := fsm.Encode(b.build(items))
+		entry, after := b.build(items)
+		data, err := fsm.Encode(entry)
 		if err != nil {
+			if after != nil {
+				after(nil, err)
+			}
 			for _, r := range batch {
 				r.done <- batchResp[R]{err: err}
 			}
@@ -138,6 +144,10 @@ func (b *batcher[T, R]) run(stop chan struct{}, wg *sync.WaitGroup) {
 		go func() {
 			defer inflight.Done()
 			defer func() { <-sem }()
+			if after != nil {
+				err := f.Error() // waits for the apply; only then is Response set
+				after(f.Response(), err)
+			}
 			if err := f.Error(); err != nil {
 				err = raftError(err)
 				for _, r := range batch {
@@ -157,27 +167,65 @@ func (b *batcher[T, R]) run(stop chan struct{}, wg *sync.WaitGroup) {
 
 type submitItem = api.TaskSpec
 
-func buildSubmit(items []submitItem) fsm.Entry {
-	return &fsm.SubmitEntry{At: now(), Tasks: items}
+// buildSubmit makes the entry of a batch of submissions. While this master
+// leads, no ready task waits and workers have free slots, the entry also
+// starts the new tasks on those workers (SubmitAssignEntry): an idle cluster
+// then runs a task one commit after its submission instead of two. The slots
+// stay reserved against the dispatcher until the entry is applied; then the
+// attempts are pushed, as the dispatcher pushes its own.
+func (m *Master) buildSubmit(items []submitItem) (fsm.Entry, func(any, error)) {
+	at := now()
+	ls := m.leading()
+	if ls == nil {
+		return &fsm.SubmitEntry{At: at, Tasks: items}, nil
+	}
+	prio := make([]int, len(items))
+	for i := range items {
+		prio[i] = items[i].Priority
+	}
+	ws := ls.dispatch.reserve(prio)
+	workers := make([]string, len(items))
+	picked := false
+	for i, w := range ws {
+		if w != nil {
+			workers[i], picked = w.id, true
+		}
+	}
+	if !picked {
+		return &fsm.SubmitEntry{At: at, Tasks: items}, nil
+	}
+	return &fsm.SubmitAssignEntry{At: at, Tasks: items, Workers: workers}, func(resp any, err error) {
+		defer ls.dispatch.release(ws)
+		if r, ok := resp.(*fsm.SubmitAssignResponse); ok && err == nil && ls.ctx.Err() == nil {
+			ls.dispatch.started(items, ws, r)
+		}
+	}
 }
 
 func (m *Master) splitSubmit(resp any, n int) []fsm.SubmitOutcome {
-	if r, ok := resp.(*fsm.SubmitResponse); ok && len(r.Results) == n {
-		m.metrics.submitEntries.Inc()
-		for _, o := range r.Results {
-			if !o.Existing {
-				m.metrics.submitted.Inc()
-			}
-		}
-		return r.Results
+	var results []fsm.SubmitOutcome
+	switch r := resp.(type) {
+	case *fsm.SubmitResponse:
+		results = r.Results
+	case *fsm.SubmitAssignResponse:
+		results = r.Results
 	}
-	return make([]fsm.SubmitOutcome, n) // unreachable: the FSM answers every spec
+	if len(results) != n {
+		return make([]fsm.SubmitOutcome, n) // unreachable: the FSM answers every spec
+	}
+	m.metrics.submitEntries.Inc()
+	for _, o := range results {
+		if !o.Existing {
+			m.metrics.submitted.Inc()
+		}
+	}
+	return results
 }
 
 type resultItem = api.AttemptResult
 
-func (m *Master) buildResult(items []resultItem) fsm.Entry {
-	return &fsm.ResultEntry{At: now(), BackoffBase: m.cfg.RetryBackoff, Results: items}
+func (m *Master) buildResult(items []resultItem) (fsm.Entry, func(any, error)) {
+	return &fsm.ResultEntry{At: now(), BackoffBase: m.cfg.RetryBackoff, Results: items}, nil
 }
 
 func (m *Master) splitResult(resp any, n int) []error {

@@ -133,7 +133,7 @@ func (x *detector) check(poll bool) {
 		x.d.setLost(id, false)
 		var gone []api.AttemptRef
 		for _, ra := range running[id] {
-			if _, ok := pr.held[ra.AttemptRef]; !ok && x.d.deliveredBefore(ra.AttemptRef, pollStart) {
+			if _, ok := pr.held[ra.AttemptRef]; !ok && x.d.deliveredBefore(ra.AttemptRef, id, pollStart) {
 				gone = append(gone, ra.AttemptRef)
 			}
 		}

@@ -40,19 +40,23 @@ type dispatcher struct {
 	// suspect holds workers whose last answer to the detector failed: they
 	// get no new work, and /v1/cluster shows them as suspect.
 	suspect map[string]bool
+	// reserved counts, per worker, slots promised to submissions whose
+	// SubmitAssignEntry is not applied yet.
+	reserved map[string]int
 }
 
 func newDispatcher(m *Master, ls *leaderState) *dispatcher {
 	return &dispatcher{
-		m:       m,
-		ls:      ls,
-		log:     m.log.Named("dispatcher"),
-		kick:    make(chan struct{}, 1),
-		sem:     make(chan struct{}, maxPushInflight),
-		pushes:  make(map[api.AttemptRef]time.Time),
-		avoid:   make(map[string]time.Time),
-		lost:    make(map[string]bool),
-		suspect: make(map[string]bool),
+		m:        m,
+		ls:       ls,
+		log:      m.log.Named("dispatcher"),
+		kick:     make(chan struct{}, 1),
+		sem:      make(chan struct{}, maxPushInflight),
+		pushes:   make(map[api.AttemptRef]time.Time),
+		avoid:    make(map[string]time.Time),
+		lost:     make(map[string]bool),
+		suspect:  make(map[string]bool),
+		reserved: make(map[string]int),
 	}
 }
 
@@ -95,26 +99,137 @@ type freeWorker struct {
 
 // once runs one dispatch round and returns how long to wait before the
 // next one absent any kick.
-func (d *dispatcher) once() time.Duration {
-	t0 := time.Now()
-	views := d.m.workerViews()
-	running := d.m.fsm.RunningCounts()
-	retiring := map[string]bool{} // managed workers being drained or removed
+// capacity is what the free slots are computed from, read without d.mu.
+type capacity struct {
+	views    map[string]workerView
+	running  map[string]int
+	retiring map[string]bool // managed workers being drained or removed
+}
+
+func (d *dispatcher) capacity() capacity {
+	c := capacity{views: d.m.workerViews(), running: d.m.fsm.RunningCounts(), retiring: map[string]bool{}}
 	for _, w := range d.m.fsm.Scale().Workers {
-		retiring[w.Name] = w.State == api.ManagedDraining || w.State == api.ManagedRemoving
+		c.retiring[w.Name] = w.State == api.ManagedDraining || w.State == api.ManagedRemoving
 	}
-	d.mu.Lock()
+	return c
+}
+
+// freeLocked returns the workers that may take work now, with their free
+// slots (committed attempts and the reservations of submissions in flight
+// subtracted), sorted by ID, and the total. Callers hold d.mu.
+func (d *dispatcher) freeLocked(t0 time.Time, c capacity) ([]*freeWorker, int) {
 	var ws []*freeWorker
 	total := 0
-	for _, v := range views {
-		if v.State != membership.StateAlive || v.Draining || v.Leaving || retiring[v.ID] || d.lost[v.ID] || d.suspect[v.ID] || t0.Before(d.avoid[v.ID]) {
+	for _, v := range c.views {
+		if v.State != membership.StateAlive || v.Draining || v.Leaving || c.retiring[v.ID] || d.lost[v.ID] || d.suspect[v.ID] || t0.Before(d.avoid[v.ID]) {
 			continue
 		}
-		if free := v.Slots - running[v.ID]; free > 0 {
-			ws = append(ws, &freeWorker{id: v.ID, http: v.HTTP, free: free, running: running[v.ID]})
+		if free := v.Slots - c.running[v.ID] - d.reserved[v.ID]; free > 0 {
+			ws = append(ws, &freeWorker{id: v.ID, http: v.HTTP, free: free, running: c.running[v.ID]})
 			total += free
 		}
 	}
+	sort.Slice(ws, func(i, j int) bool { return ws[i].id < ws[j].id })
+	return ws, total
+}
+
+// mostFree picks the worker with the most free slots (the first by ID on a
+// tie), or nil.
+func mostFree(ws []*freeWorker) *freeWorker {
+	var best *freeWorker
+	for _, w := range ws {
+		if w.free > 0 && (best == nil || w.free > best.free) {
+			best = w
+		}
+	}
+	return best
+}
+
+// reserve picks workers for up to n new submissions, to be started in the
+// entry that submits them (SubmitAssignEntry), and reserves their slots
+// until release. It picks none while ready tasks wait: those go first, in
+// priority order, through the dispatcher. prio orders the submissions
+// (higher first, then in order).
+func (d *dispatcher) reserve(prio []int) []*freeWorker {
+	t0 := time.Now()
+	if ready, _ := d.m.fsm.Ready(t0, 1); len(ready) > 0 {
+		return nil
+	}
+	c := d.capacity()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ws, total := d.freeLocked(t0, c)
+	if total == 0 {
+		return nil
+	}
+	order := make([]int, len(prio))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return prio[order[a]] > prio[order[b]] })
+	out := make([]*freeWorker, len(prio))
+	for _, i := range order {
+		w := mostFree(ws)
+		if w == nil {
+			break
+		}
+		w.free--
+		out[i] = w
+		d.reserved[w.id]++
+	}
+	return out
+}
+
+// release ends the reservations of reserve.
+func (d *dispatcher) release(ws []*freeWorker) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, w := range ws {
+		if w == nil {
+			continue
+		}
+		if d.reserved[w.id]--; d.reserved[w.id] <= 0 {
+			delete(d.reserved, w.id)
+		}
+	}
+}
+
+// started pushes the attempts a committed SubmitAssignEntry started.
+func (d *dispatcher) started(specs []api.TaskSpec, ws []*freeWorker, resp *fsm.SubmitAssignResponse) {
+	batches := make(map[*freeWorker][]api.Assignment)
+	d.mu.Lock()
+	for i, ok := range resp.Assigned {
+		if !ok || ws[i] == nil {
+			continue
+		}
+		d.m.metrics.assigned.Inc()
+		ref := api.AttemptRef{TaskID: resp.Results[i].ID, Attempt: 1}
+		d.pushes[ref] = time.Time{}
+		sp := specs[i]
+		batches[ws[i]] = append(batches[ws[i]], api.Assignment{
+			TaskID: ref.TaskID, Attempt: 1, Type: sp.Type, Args: sp.Args, Env: sp.Env, Payload: sp.Payload, Timeout: sp.Timeout,
+		})
+	}
+	d.mu.Unlock()
+	d.pushAll(batches)
+}
+
+// pushAll pushes each worker its batch, concurrently within the bound.
+func (d *dispatcher) pushAll(batches map[*freeWorker][]api.Assignment) {
+	for w, batch := range batches {
+		d.sem <- struct{}{}
+		go func(w *freeWorker, batch []api.Assignment) {
+			defer func() { <-d.sem }()
+			d.push(w, batch)
+		}(w, batch)
+	}
+}
+
+func (d *dispatcher) once() time.Duration {
+	t0 := time.Now()
+	c := d.capacity()
+	d.mu.Lock()
+	ws, total := d.freeLocked(t0, c)
 	d.mu.Unlock()
 	if total == 0 {
 		return dispatchIdle
@@ -126,16 +241,10 @@ func (d *dispatcher) once() time.Duration {
 	if len(tasks) == 0 {
 		return untilOr(next, dispatchIdle)
 	}
-	sort.Slice(ws, func(i, j int) bool { return ws[i].id < ws[j].id })
 	entry := &fsm.AssignEntry{At: now()}
 	target := make([]*freeWorker, len(tasks))
 	for i, t := range tasks {
-		var best *freeWorker
-		for _, w := range ws {
-			if w.free > 0 && (best == nil || w.free > best.free) {
-				best = w
-			}
-		}
+		best := mostFree(ws)
 		if best == nil {
 			tasks = tasks[:i]
 			break
@@ -144,8 +253,24 @@ func (d *dispatcher) once() time.Duration {
 		target[i] = best
 		entry.Assignments = append(entry.Assignments, fsm.Assignment{TaskID: t.ID, Attempt: t.Attempt + 1, Worker: best.id})
 	}
+	// The pushes count as in flight from before the commit: the detector
+	// must not take an attempt it finds running in the record, but not yet
+	// on its worker, for a lost one.
+	d.mu.Lock()
+	for _, a := range entry.Assignments {
+		d.pushes[api.AttemptRef{TaskID: a.TaskID, Attempt: a.Attempt}] = time.Time{}
+	}
+	d.mu.Unlock()
 	resp, err := d.m.apply(entry)
 	if err != nil {
+		// The outcome is unknown: an attempt that did commit was never
+		// pushed, so its push "ended" now and the detector requeues it.
+		end := time.Now()
+		d.mu.Lock()
+		for _, a := range entry.Assignments {
+			d.pushes[api.AttemptRef{TaskID: a.TaskID, Attempt: a.Attempt}] = end
+		}
+		d.mu.Unlock()
 		if d.ls.ctx.Err() == nil {
 			d.log.Warn("assign failed", "error", err)
 		}
@@ -155,24 +280,18 @@ func (d *dispatcher) once() time.Duration {
 	batches := make(map[*freeWorker][]api.Assignment)
 	d.mu.Lock()
 	for i, ok := range accepted {
+		t, a := tasks[i], entry.Assignments[i]
 		if !ok {
+			delete(d.pushes, api.AttemptRef{TaskID: a.TaskID, Attempt: a.Attempt})
 			continue
 		}
 		d.m.metrics.assigned.Inc()
-		t, a := tasks[i], entry.Assignments[i]
-		d.pushes[api.AttemptRef{TaskID: a.TaskID, Attempt: a.Attempt}] = time.Time{}
 		batches[target[i]] = append(batches[target[i]], api.Assignment{
 			TaskID: t.ID, Attempt: a.Attempt, Type: t.Type, Args: t.Args, Env: t.Env, Payload: t.Payload, Timeout: t.Timeout,
 		})
 	}
 	d.mu.Unlock()
-	for w, batch := range batches {
-		d.sem <- struct{}{}
-		go func(w *freeWorker, batch []api.Assignment) {
-			defer func() { <-d.sem }()
-			d.push(w, batch)
-		}(w, batch)
-	}
+	d.pushAll(batches)
 	if len(tasks) == total {
 		return 0 // there may be more
 	}
@@ -242,12 +361,15 @@ func (d *dispatcher) push(w *freeWorker, batch []api.Assignment) {
 
 // deliveredBefore reports whether the push of ref, if this leader made it,
 // ended before t: only then may a worker's not holding it mean it is lost.
-func (d *dispatcher) deliveredBefore(ref api.AttemptRef, t time.Time) bool {
+func (d *dispatcher) deliveredBefore(ref api.AttemptRef, worker string, t time.Time) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	end, ok := d.pushes[ref]
 	if !ok {
-		return true // pushed by an earlier leader, before this one began
+		// Pushed by an earlier leader, before this one began, unless a
+		// submission that starts attempts on this worker is in flight: its
+		// attempts are recorded as pushed only once their entry is applied.
+		return d.reserved[worker] == 0
 	}
 	return !end.IsZero() && end.Before(t)
 }

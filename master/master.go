@@ -72,7 +72,7 @@ func New(cfg Config) (*Master, error) {
 	m.workers = transport.NewWorkerClient(cfg.HTTPClient)
 	m.peers = transport.NewClient(nil, transport.WithHTTPClient(cfg.HTTPClient))
 	m.metrics = newMetrics(m)
-	m.submits = newBatcher(m, maxSubmitBatch, buildSubmit, m.splitSubmit)
+	m.submits = newBatcher(m, maxSubmitBatch, m.buildSubmit, m.splitSubmit)
 	m.results = newBatcher(m, maxResultBatch, m.buildResult, m.splitResult)
 	return m, nil
 }

@@ -1037,3 +1037,31 @@ func TestSemantics_StaleResults(t *testing.T) {
 	semTouch(t, gate)
 	semSucceededOnce(t, c.WaitTerminal(cl, live.ID, semDeadline), "real\n")
 }
+
+// On an idle cluster a submission starts its task in the same Raft entry
+// (its first attempt starts at its creation time); while no slot is free it
+// waits for the dispatcher like any other, and never jumps the queue.
+func TestSemantics_StartsAtSubmitWhenASlotIsFree(t *testing.T) {
+	c := NewCluster(t, Options{Workers: 1, Slots: 1})
+	cl := c.Client()
+	first := c.WaitTerminal(cl, c.Submit(cl, Exec("true")).ID, semDeadline)
+	if first.State != api.StateSucceeded || len(first.Attempts) != 1 || !first.Attempts[0].StartedAt.Equal(first.CreatedAt) {
+		t.Errorf("a task submitted to an idle cluster: %+v, want one attempt started in its submit entry (at %s)", first, first.CreatedAt)
+	}
+
+	gate := filepath.Join(t.TempDir(), "gate")
+	blocker := c.Submit(cl, Exec(semGateScript(gate, "true"))).ID
+	semWaitState(t, c, cl, blocker, api.StateRunning)
+	next := c.Submit(cl, Exec("true"))
+	if got, err := cl.Task(semCtx(t), next.ID, transport.ReadOptions{}); err != nil || got.State != api.StatePending {
+		t.Errorf("task %s submitted while the only slot is taken: state %s err %v, want pending", next.ID, got.State, err)
+	}
+	semTouch(t, gate)
+	done := c.WaitTerminal(cl, next.ID, semDeadline)
+	if done.State != api.StateSucceeded || len(done.Attempts) != 1 || !done.Attempts[0].StartedAt.After(done.CreatedAt) {
+		t.Errorf("task %s: %+v, want one attempt started by the dispatcher after its creation", next.ID, done)
+	}
+	if b := c.WaitTerminal(cl, blocker, semDeadline); b.State != api.StateSucceeded {
+		t.Errorf("blocker %s: %s", blocker, b.State)
+	}
+}

@@ -29,7 +29,9 @@ type Config struct {
 	// StateTasks is the pending backlog of the state-scale figures
 	// (default 1,000,000).
 	StateTasks int
-	// Slots of each of the 3 workers of the task figures (default 16).
+	// Slots of each of the 3 workers of the task figures (default 32: no-op
+	// tasks spend most of their slot time waiting for commits, so fewer
+	// slots measure the pipeline's latency rather than its throughput).
 	Slots int
 	// LogLevel of the gantry processes (default warn).
 	LogLevel string
@@ -141,7 +143,7 @@ func (c *Config) defaults() {
 		c.StateTasks = 1_000_000
 	}
 	if c.Slots < 1 {
-		c.Slots = 16
+		c.Slots = 32
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "warn"

@@ -34,7 +34,7 @@ func run() int {
 	lease := fs.Duration("raft-lease-timeout", 0, "gantry's raft lease timeout (0: the binary's default)")
 	phases := fs.String("phases", "all", "phases to run: all, or some of submit,batch,failover,e2e,completion,workerloss,statescale")
 	stateTasks := fs.Int("state-tasks", 1_000_000, "pending tasks of the state-scale figures")
-	slots := fs.Int("worker-slots", 16, "slots of each of the 3 workers that run the task figures")
+	slots := fs.Int("worker-slots", 32, "slots of each of the 3 workers that run the task figures")
 	logLevel := fs.String("log-level", "warn", "log level of the gantry processes (their logs are in --dir)")
 	report := fs.String("report", "bench-report.json", "where the JSON report goes")
 	chart := fs.String("chart", "docs/failover.svg", "where the failover chart goes (\"\": none)")
