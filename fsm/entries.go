@@ -11,6 +11,15 @@ import (
 	"github.com/gantryhq/gantry/api"
 )
 
+// Proto is the entry format this code applies: 1 is entry types 1 to 8, 2
+// adds SubmitAssignEntry. Masters gossip it, and a leader writes an entry of
+// a newer format only once every voter applies it, so a rolling upgrade
+// never hands an older replica an entry it cannot apply.
+const Proto = ProtoSubmitAssign
+
+// ProtoSubmitAssign is the entry format that added SubmitAssignEntry.
+const ProtoSubmitAssign = 2
+
 // EntryType is the first byte of every Raft log entry gantry writes. The list
 // is append-only: never renumber or reuse a value, because old logs and
 // snapshots must keep decoding the same way.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gantryhq/gantry/fsm"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
@@ -98,6 +99,11 @@ type Config struct {
 
 	// Fault injection for tests: wrap the raft stream layer and the gossip
 	// transport. Nil in production.
+	// EntryFormat caps the Raft entry format this master announces and
+	// writes (zero: fsm.Proto, everything this code applies). Tests use it
+	// to stand in for a master of an older version.
+	EntryFormat int
+
 	WrapRaftStream func(raft.StreamLayer) raft.StreamLayer
 	WrapGossip     func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 
@@ -232,4 +238,12 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("leader lease timeout must not exceed the heartbeat timeout"))
 	}
 	return errors.Join(errs...)
+}
+
+// entryFormat is the entry format this master announces and writes.
+func (c *Config) entryFormat() int {
+	if c.EntryFormat > 0 && c.EntryFormat < fsm.Proto {
+		return c.EntryFormat
+	}
+	return fsm.Proto
 }

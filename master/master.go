@@ -167,6 +167,7 @@ func (m *Master) Start() error {
 			Raft:    string(m.trans.LocalAddr()),
 			Version: m.cfg.Version,
 			Cluster: m.cfg.Cluster,
+			Proto:   m.cfg.entryFormat(),
 		},
 	})
 	if err := m.gossip.Start(); err != nil {

@@ -51,6 +51,7 @@ type Meta struct {
 	Version  string `json:"v,omitempty"`  // gantry version
 	Cluster  string `json:"c,omitempty"`  // cluster name, informational (Label enforces it)
 	Leaving  bool   `json:"l,omitempty"`  // the node is leaving gracefully (others report it as left)
+	Proto    int    `json:"p,omitempty"`  // masters: the highest Raft entry format they apply (fsm.Proto)
 }
 
 // Member is one node as this process sees it.

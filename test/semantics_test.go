@@ -1044,9 +1044,23 @@ func TestSemantics_StaleResults(t *testing.T) {
 func TestSemantics_StartsAtSubmitWhenASlotIsFree(t *testing.T) {
 	c := NewCluster(t, Options{Workers: 1, Slots: 1})
 	cl := c.Client()
-	first := c.WaitTerminal(cl, c.Submit(cl, Exec("true")).ID, semDeadline)
-	if first.State != api.StateSucceeded || len(first.Attempts) != 1 || !first.Attempts[0].StartedAt.Equal(first.CreatedAt) {
-		t.Errorf("a task submitted to an idle cluster: %+v, want one attempt started in its submit entry (at %s)", first, first.CreatedAt)
+	// The leader starts tasks at submit once gossip shows it every voter's
+	// entry format (checked once a second): right after the start, a task
+	// may still go through the dispatcher.
+	var first api.Task
+	deadline := time.Now().Add(semDeadline)
+	for {
+		first = c.WaitTerminal(cl, c.Submit(cl, Exec("true")).ID, semDeadline)
+		if first.State != api.StateSucceeded || len(first.Attempts) != 1 {
+			t.Fatalf("a task submitted to an idle cluster: %+v", first)
+		}
+		if first.Attempts[0].StartedAt.Equal(first.CreatedAt) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !first.Attempts[0].StartedAt.Equal(first.CreatedAt) {
+		t.Errorf("no task submitted to an idle cluster started in its submit entry; the last: %+v", first)
 	}
 
 	gate := filepath.Join(t.TempDir(), "gate")
@@ -1063,5 +1077,23 @@ func TestSemantics_StartsAtSubmitWhenASlotIsFree(t *testing.T) {
 	}
 	if b := c.WaitTerminal(cl, blocker, semDeadline); b.State != api.StateSucceeded {
 		t.Errorf("blocker %s: %s", blocker, b.State)
+	}
+}
+
+// A leader starts tasks in their submit entry only when every voter applies
+// that entry format: with one master standing in for an older version, every
+// task is started by the dispatcher, in an assign entry of its own.
+func TestSemantics_NoSubmitAssignBeforeEveryVoterAppliesIt(t *testing.T) {
+	c := NewCluster(t, Options{Workers: 1, Slots: 2, Master: func(cfg *master.Config) {
+		if cfg.ID == "m3" {
+			cfg.EntryFormat = 1
+		}
+	}})
+	cl := c.Client()
+	for i := 0; i < 5; i++ {
+		done := c.WaitTerminal(cl, c.Submit(cl, Exec("true")).ID, semDeadline)
+		if done.State != api.StateSucceeded || len(done.Attempts) == 0 || done.Attempts[0].StartedAt.Equal(done.CreatedAt) {
+			t.Fatalf("task %s was started in its submit entry although m3 does not apply that format: %+v", done.ID, done)
+		}
 	}
 }
