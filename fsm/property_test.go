@@ -76,6 +76,21 @@ func (m *model) apply(e Entry) any {
 			resp.Results[i] = SubmitOutcome{ID: t.id}
 		}
 		return resp
+	case *SubmitAssignEntry:
+		sub := m.apply(&SubmitEntry{At: e.At, Tasks: e.Tasks}).(*SubmitResponse)
+		resp := &SubmitAssignResponse{Results: sub.Results, Assigned: make([]bool, len(e.Tasks))}
+		as := &AssignEntry{At: e.At}
+		var idx []int
+		for i, o := range sub.Results {
+			if e.Workers[i] != "" && !o.Existing {
+				as.Assignments = append(as.Assignments, Assignment{TaskID: o.ID, Attempt: 1, Worker: e.Workers[i]})
+				idx = append(idx, i)
+			}
+		}
+		for j, ok := range m.apply(as).(*AssignResponse).Accepted {
+			resp.Assigned[idx[j]] = ok
+		}
+		return resp
 	case *AssignEntry:
 		resp := &AssignResponse{Accepted: make([]bool, len(e.Assignments))}
 		for i, a := range e.Assignments {
@@ -182,6 +197,11 @@ func sameResponse(t testing.TB, e Entry, got, want any) {
 	switch w := want.(type) {
 	case *SubmitResponse:
 		if !slices.Equal(as[*SubmitResponse](t, got).Results, w.Results) {
+			fail()
+		}
+	case *SubmitAssignResponse:
+		g := as[*SubmitAssignResponse](t, got)
+		if !slices.Equal(g.Results, w.Results) || !slices.Equal(g.Assigned, w.Assigned) {
 			fail()
 		}
 	case *AssignResponse:
@@ -379,6 +399,13 @@ func (g *gen) entry() Entry {
 				}
 			}))
 		}
+		if g.chance(0.3) { // started at submit on the workers named
+			sa := &SubmitAssignEntry{At: e.At, Tasks: e.Tasks}
+			for range e.Tasks {
+				sa.Workers = append(sa.Workers, g.worker())
+			}
+			return sa
+		}
 		return e
 	case p < 42:
 		e := &AssignEntry{At: g.at()}
@@ -547,11 +574,16 @@ func runRandom(t *testing.T, seed uint64, steps int) {
 			}
 			want := m.apply(e)
 			sameResponse(t, e, got[i], want)
-			if r, ok := got[i].(*SubmitResponse); ok {
-				for _, o := range r.Results {
-					if !o.Existing {
-						g.ids = append(g.ids, o.ID)
-					}
+			var results []SubmitOutcome
+			switch r := got[i].(type) {
+			case *SubmitResponse:
+				results = r.Results
+			case *SubmitAssignResponse:
+				results = r.Results
+			}
+			for _, o := range results {
+				if !o.Existing {
+					g.ids = append(g.ids, o.ID)
 				}
 			}
 			if isAccepted(got[i]) {
@@ -588,7 +620,7 @@ func runRandom(t *testing.T, seed uint64, steps int) {
 		}
 	}
 	t.Logf("seed %d: %d tasks, counts %+v, stale %d, accepted entries %v", seed, len(m.tasks), h.f.Counts(), h.f.StaleResults(), accepted)
-	for _, typ := range []EntryType{EntrySubmit, EntryAssign, EntryResult, EntryRequeue, EntryCancel, EntryGC} {
+	for _, typ := range []EntryType{EntrySubmit, EntrySubmitAssign, EntryAssign, EntryResult, EntryRequeue, EntryCancel, EntryGC} {
 		if accepted[typ] < 10 {
 			t.Fatalf("only %d %s entries did anything: the generator is too timid", accepted[typ], typ)
 		}
@@ -627,6 +659,8 @@ func runRandom(t *testing.T, seed uint64, steps int) {
 func isAccepted(resp any) bool {
 	switch r := resp.(type) {
 	case *SubmitResponse:
+		return slices.ContainsFunc(r.Results, func(o SubmitOutcome) bool { return !o.Existing })
+	case *SubmitAssignResponse:
 		return slices.ContainsFunc(r.Results, func(o SubmitOutcome) bool { return !o.Existing })
 	case *AssignResponse:
 		return slices.Contains(r.Accepted, true)
