@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gantryhq/gantry/api"
@@ -64,10 +65,11 @@ type coalescedResp struct {
 }
 
 type coalescer struct {
-	s    *Server
-	ch   chan *coalescedReq
-	sem  chan struct{}
-	once sync.Once
+	s       *Server
+	ch      chan *coalescedReq
+	sem     chan struct{}
+	once    sync.Once
+	waiting atomic.Int64 // queued submissions whose request has not started
 }
 
 func newCoalescer(s *Server) *coalescer {
@@ -79,9 +81,11 @@ func newCoalescer(s *Server) *coalescer {
 func (c *coalescer) submit(ctx context.Context, spec api.TaskSpec, size int, li LeaderInfo) coalescedResp {
 	c.once.Do(func() { go c.run() })
 	req := &coalescedReq{spec: spec, size: size, li: li, ctx: ctx, done: make(chan coalescedResp, 1)}
+	c.waiting.Add(1)
 	select {
 	case c.ch <- req:
 	case <-ctx.Done():
+		c.waiting.Add(-1)
 		return coalescedResp{err: ctx.Err(), notSent: true}
 	}
 	select {
@@ -128,6 +132,7 @@ func (c *coalescer) run() {
 
 // send makes one internal request for batch and answers every member.
 func (c *coalescer) send(batch []*coalescedReq) {
+	c.waiting.Add(-int64(len(batch)))
 	live := batch[:0]
 	for _, r := range batch {
 		if r.ctx.Err() == nil { // its client is gone: nothing was sent for it

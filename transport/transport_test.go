@@ -250,8 +250,9 @@ type recorded struct {
 
 // node is a fake master served by httptest, recording every request.
 type node struct {
-	f   *fakeMaster
-	srv *httptest.Server
+	f      *fakeMaster
+	srv    *httptest.Server
+	server *Server
 
 	mu   sync.Mutex
 	reqs []recorded
@@ -273,6 +274,7 @@ func newNode(t *testing.T, id string, opts ServerOptions) *node {
 		opts.LeaderWait = 200 * time.Millisecond
 	}
 	s := NewServer(n.f, opts)
+	n.server = s
 	n.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var body []byte
 		if r.Body != nil {
@@ -774,13 +776,31 @@ func TestServer_CoalescesFollowerSubmissions(t *testing.T) {
 			answers <- answer{key, r.Status, task}
 		}(key)
 	}
-	// Let the follower queue them behind the blocked senders, then release.
-	deadline := time.Now().Add(10 * time.Second)
-	for len(leader.f.callsTo("Submit")) < 1+coalesceInflight && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	// Release the leader once every submission is either in a request it
+	// holds or waiting in the follower.
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(gate)
+		}
 	}
-	time.Sleep(100 * time.Millisecond)
-	close(gate)
+	defer release() // a failed test must not leave the leader's handlers blocked
+	held := func() int {
+		k := 0
+		for _, c := range leader.f.callsTo("Submit")[1:] {
+			k += len(c.arg.([]api.TaskSpec))
+		}
+		return k
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for held()+int(follower.server.coalesce.waiting.Load()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d submissions held by the leader and %d waiting in the follower, want %d in all", held(), follower.server.coalesce.waiting.Load(), n)
+		}
+		time.Sleep(5 * time.Millisecond) // a pause between polls
+	}
+	release()
 	ids := map[string]string{}
 	for i := 0; i < n; i++ {
 		a := <-answers
@@ -799,9 +819,14 @@ func TestServer_CoalescesFollowerSubmissions(t *testing.T) {
 	if len(ids) != n-n/10+1 {
 		t.Errorf("%d distinct keys answered, want %d", len(ids), n-n/10+1)
 	}
+	// Every submission reached the leader once, in fewer requests: at most
+	// one per sender while the leader was held, and two for what waited.
+	if got := held(); got != n {
+		t.Errorf("the leader was handed %d submissions, want %d", got, n)
+	}
 	reqs := leader.requests()[before:]
-	if len(reqs) >= n {
-		t.Errorf("the leader got %d requests for %d submissions: nothing was coalesced", len(reqs), n)
+	if len(reqs) > coalesceInflight+2 {
+		t.Errorf("the leader got %d requests for %d submissions, want at most %d: waiting submissions were not coalesced", len(reqs), n, coalesceInflight+2)
 	}
 	for _, r := range reqs {
 		if r.URI != pathInternalSubmit {

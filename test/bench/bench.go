@@ -365,13 +365,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 					return rep, err
 				}
 				commits = append(commits, time.Since(t0))
-				for !t.State.Terminal() && rctx.Err() == nil {
-					t, err = cl.Task(rctx, t.ID, transport.ReadOptions{Wait: 10 * time.Second})
-					if err != nil {
-						break
+				for !t.State.Terminal() && err == nil {
+					var cur api.Task
+					if cur, err = cl.Task(rctx, t.ID, transport.ReadOptions{Wait: 10 * time.Second}); err == nil {
+						t = cur
 					}
 				}
 				cancel()
+				if err != nil {
+					return rep, fmt.Errorf("e2e: task %s not ended within 30s (state %s): %w", t.ID, t.State, err)
+				}
 				lats = append(lats, time.Since(t0))
 				if d := time.Since(t0); d > 2*time.Second {
 					note := fmt.Sprintf("e2e: task %s took %s (state %s, attempts %+v)", t.ID, d.Round(time.Millisecond), t.State, t.Attempts)
@@ -584,11 +587,9 @@ func workerLoss(ctx context.Context, g *Gantry, cl *transport.Client, prefix str
 	}); err != nil {
 		return 0, err
 	}
-	spare, err := g.AddWorker(slots)
-	if err != nil {
+	if _, err := g.AddWorker(slots); err != nil {
 		return 0, err
 	}
-	_ = spare
 	alive := 0
 	for _, w := range st.Workers {
 		if w.State == "alive" {

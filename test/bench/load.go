@@ -40,10 +40,9 @@ type LoadResult struct {
 	Buckets []int         `json:"-"`
 }
 
-// Load drives clients concurrent writers against sys for d. Each client
-// starts on member c mod n; a failed write is retried on the next member,
-// each attempt bounded by timeout. during, when set, runs in the background
-// once the load has run for its delay.
+// Load drives Clients concurrent writers against a system for For. Each
+// client starts on member c mod n; a failed write is retried on the next
+// member, each attempt bounded by Timeout.
 type Load struct {
 	Clients int
 	For     time.Duration
