@@ -12,10 +12,11 @@ import (
 )
 
 // Proto is the entry format this code applies: 1 is entry types 1 to 8, 2
-// adds SubmitAssignEntry. Masters gossip it, and a leader writes an entry of
-// a newer format only once every voter applies it, so a rolling upgrade
-// never hands an older replica an entry it cannot apply.
-const Proto = ProtoSubmitAssign
+// adds SubmitAssignEntry, 3 (ProtoBinary) the binary encoding of the hot
+// entries. Masters gossip it, and a leader writes an entry of a newer format
+// only once every voter applies it, so a rolling upgrade never hands an
+// older replica an entry it cannot apply.
+const Proto = ProtoBinary
 
 // ProtoSubmitAssign is the entry format that added SubmitAssignEntry.
 const ProtoSubmitAssign = 2
@@ -192,7 +193,8 @@ func (*CancelEntry) Type() EntryType { return EntryCancel }
 // Type implements Entry.
 func (*GCEntry) Type() EntryType { return EntryGC }
 
-// Encode returns the log bytes of e: its type byte followed by its JSON body.
+// Encode returns the log bytes of e in the first format: its type byte
+// followed by its JSON body. EncodeFormat writes newer formats.
 func Encode(e Entry) ([]byte, error) {
 	var buf bytes.Buffer
 	buf.WriteByte(byte(e.Type()))
@@ -205,12 +207,15 @@ func Encode(e Entry) ([]byte, error) {
 // ErrCorruptEntry is wrapped by every Decode failure.
 var ErrCorruptEntry = errors.New("corrupt log entry")
 
-// Decode parses log bytes written by Encode. It never panics; any input that
+// Decode parses log bytes written by Encode or EncodeFormat. It never panics; any input that
 // is not a well-formed entry of a known type returns an error wrapping
 // ErrCorruptEntry.
 func Decode(b []byte) (Entry, error) {
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%w: empty", ErrCorruptEntry)
+	}
+	if b[0]&binaryFlag != 0 {
+		return decodeBinary(EntryType(b[0]&^binaryFlag), b[1:])
 	}
 	var e Entry
 	switch EntryType(b[0]) {

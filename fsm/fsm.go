@@ -57,6 +57,8 @@ type FSM struct {
 	applied uint64                     // last applied raft index, guarded by mu
 	watch   map[uint64][]chan struct{} // seq -> closed when the task ends, guarded by mu
 	changes chan struct{}              // capacity 1: a kick after every apply that can change dispatch
+	// Command entries applied since start, and how many were binary; guarded by mu.
+	entries, binaryEntries uint64
 }
 
 // New returns an empty state machine.
@@ -87,29 +89,57 @@ func (f *FSM) Apply(l *raft.Log) any {
 // replicas that disagree about the log are worse than a stopped node.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
+	// Decode outside the lock: readers wait only for the applying itself.
+	// The entries before an undecodable one are applied, then Apply panics.
+	entries := make([]Entry, len(logs))
+	var binary uint64
+	var bad error
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		e, err := Decode(l.Data)
+		if err != nil {
+			bad = fmt.Errorf("fsm: raft log index %d: %w", l.Index, err)
+			logs = logs[:i]
+			break
+		}
+		entries[i] = e
+		if l.Data[0]&binaryFlag != 0 {
+			binary++
+		}
+	}
 	var ended []uint64
 	f.mu.Lock()
 	for i, l := range logs {
 		if l.Index > f.applied {
 			f.applied = l.Index
 		}
-		if l.Type != raft.LogCommand {
-			continue
+		if entries[i] != nil {
+			out[i] = f.applyLocked(entries[i], &ended)
+			f.entries++
 		}
-		e, err := Decode(l.Data)
-		if err != nil {
-			f.mu.Unlock()
-			panic(fmt.Sprintf("fsm: raft log index %d: %v", l.Index, err))
-		}
-		out[i] = f.applyLocked(e, &ended)
 	}
+	f.binaryEntries += binary
 	f.closeWatchersLocked(ended)
 	f.mu.Unlock()
+	if bad != nil {
+		panic(bad.Error())
+	}
 	select {
 	case f.changes <- struct{}{}:
 	default:
 	}
 	return out
+}
+
+// AppliedEntries returns how many command entries this replica applied
+// since it started (entries restored from a snapshot not included), and how
+// many of them were in the binary format.
+func (f *FSM) AppliedEntries() (all, binary uint64) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.entries, f.binaryEntries
 }
 
 // applyLocked applies one decoded entry and collects tasks that ended.

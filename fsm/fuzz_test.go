@@ -21,6 +21,12 @@ func FuzzDecode(f *testing.F) {
 	for _, e := range applySeeds() {
 		f.Add(mustEncode(f, e))
 	}
+	for _, e := range sampleEntries() {
+		if b, err := EncodeFormat(e, Proto); err == nil && b[0]&binaryFlag != 0 {
+			f.Add(b)
+			f.Add(b[:len(b)-1])
+		}
+	}
 	for _, s := range []string{
 		"", "\x00", "\x01", "\x06", "\x07", "\xff", "\x01{", "\x01}", "\x01null", "\x01[]", "\x01\"x\"",
 		"\x05{}}", "\x05{}]", "\x05{} {}", "\x05{}\n", "\x07{}",
@@ -32,6 +38,9 @@ func FuzzDecode(f *testing.F) {
 		"\x05{\"at\":\"9999-12-31T23:59:59.999999999-23:59\"}",
 		"\x06{\"before\":\"2025-03-01T12:00:00.123456789+05:30\",\"limit\":-9}",
 		`{"at":"2025-03-01T12:00:00Z"}`,
+		"\x81", "\x81\x01", "\x81\x02\x00\x00", "\x81\x01\x00\x00", "\x81\x01\x00\xff\xff\xff\xff\x0f",
+		"\x82\x01\x00\x02\x01\x00\x00\x00", "\x83\x01\x01\x00\x00\x00", "\x85\x01\x00",
+		"\x89\x01\x00\x00\x00", "\x83\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00",
 	} {
 		f.Add([]byte(s))
 	}
@@ -43,10 +52,14 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
-		if e == nil || EntryType(b[0]) != e.Type() {
+		if e == nil || EntryType(b[0]&^binaryFlag) != e.Type() {
 			t.Fatalf("Decode(%q) = %#v for type byte %d", b, e, b[0])
 		}
-		b1, err := Encode(e)
+		format := ProtoSubmitAssign // JSON in, JSON out; binary in, binary out
+		if b[0]&binaryFlag != 0 {
+			format = ProtoBinary
+		}
+		b1, err := EncodeFormat(e, format)
 		if err != nil {
 			t.Fatalf("a decoded %s entry does not encode: %v", e.Type(), err)
 		}
@@ -54,7 +67,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoded entry %q does not decode: %v", b1, err)
 		}
-		b2, err := Encode(e1)
+		b2, err := EncodeFormat(e1, format)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -28,10 +28,11 @@ const base = time.Second // the backoff base tests put in result entries
 // and applied as a raft.Log with the next index, and its bytes are kept so
 // the log can be replayed into another FSM.
 type harness struct {
-	t     testing.TB
-	f     *FSM
-	index uint64
-	log   []*raft.Log // every log applied, in order
+	t      testing.TB
+	f      *FSM
+	index  uint64
+	log    []*raft.Log // every log applied, in order
+	format int         // the entry format entries are encoded in (0: JSON)
 }
 
 func mustNewHarness(t testing.TB) *harness {
@@ -48,6 +49,16 @@ func mustEncode(t testing.TB, e Entry) []byte {
 	return b
 }
 
+// encode encodes e in the harness's entry format.
+func (h *harness) encode(e Entry) []byte {
+	h.t.Helper()
+	b, err := EncodeFormat(e, h.format)
+	if err != nil {
+		h.t.Fatalf("encode %T: %v", e, err)
+	}
+	return b
+}
+
 // nextLog wraps data as the next raft log of type typ.
 func (h *harness) nextLog(typ raft.LogType, data []byte) *raft.Log {
 	h.index++
@@ -59,7 +70,7 @@ func (h *harness) nextLog(typ raft.LogType, data []byte) *raft.Log {
 // apply encodes e and applies it with Apply.
 func (h *harness) apply(e Entry) any {
 	h.t.Helper()
-	return h.f.Apply(h.nextLog(raft.LogCommand, mustEncode(h.t, e)))
+	return h.f.Apply(h.nextLog(raft.LogCommand, h.encode(e)))
 }
 
 // applyBatch encodes entries and applies them with one ApplyBatch.
@@ -67,7 +78,7 @@ func (h *harness) applyBatch(entries ...Entry) []any {
 	h.t.Helper()
 	logs := make([]*raft.Log, len(entries))
 	for i, e := range entries {
-		logs[i] = h.nextLog(raft.LogCommand, mustEncode(h.t, e))
+		logs[i] = h.nextLog(raft.LogCommand, h.encode(e))
 	}
 	return h.f.ApplyBatch(logs)
 }

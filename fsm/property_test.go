@@ -515,15 +515,20 @@ func TestProperty_RandomOperationsKeepInvariants(t *testing.T) {
 		steps = 400
 	}
 	for _, seed := range []uint64{1, 2, 20250301} {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
-			runRandom(t, seed, steps)
-		})
+		for _, format := range []int{ProtoSubmitAssign, ProtoBinary} {
+			t.Run(fmt.Sprintf("seed%d/format%d", seed, format), func(t *testing.T) {
+				runRandom(t, seed, steps, format)
+			})
+		}
 	}
 }
 
-func runRandom(t *testing.T, seed uint64, steps int) {
+// runRandom applies steps random entries, encoded in format, checking the
+// FSM against the model after each.
+func runRandom(t *testing.T, seed uint64, steps, format int) {
 	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 	h := mustNewHarness(t)
+	h.format = format
 	m := newModel()
 	g := &gen{rng: rng, m: m, now: t0, workers: []string{"w1", "w2", "w3", "w4"}}
 	tr := &tracker{prev: map[string]api.Task{}, gone: map[string]bool{}}
@@ -555,7 +560,7 @@ func runRandom(t *testing.T, seed uint64, steps int) {
 					logs = append(logs, h.nextLog([]raft.LogType{raft.LogNoop, raft.LogConfiguration, raft.LogBarrier}[g.pick(3)], []byte{0xde, 0xad}))
 				}
 				cmd = append(cmd, len(logs))
-				logs = append(logs, h.nextLog(raft.LogCommand, mustEncode(t, e)))
+				logs = append(logs, h.nextLog(raft.LogCommand, h.encode(e)))
 			}
 			out := h.f.ApplyBatch(logs)
 			for i, r := range out {

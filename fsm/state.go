@@ -197,14 +197,11 @@ func finishAttempt(t *api.Task, outcome api.Outcome, at time.Time, errText strin
 // applySubmit adds the entry's tasks and returns one outcome per spec.
 func (s *state) applySubmit(e *SubmitEntry) *SubmitResponse {
 	resp := &SubmitResponse{Results: make([]SubmitOutcome, len(e.Tasks))}
-	seen := make(map[string]uint64)
 	for i, spec := range e.Tasks {
+		// A key seen earlier in this entry is found here too: insert
+		// indexes every new task's key at once.
 		if spec.IdempotencyKey != "" {
 			if seq, ok := s.keys[spec.IdempotencyKey]; ok {
-				resp.Results[i] = SubmitOutcome{ID: api.FormatTaskID(seq), Existing: true}
-				continue
-			}
-			if seq, ok := seen[spec.IdempotencyKey]; ok {
 				resp.Results[i] = SubmitOutcome{ID: api.FormatTaskID(seq), Existing: true}
 				continue
 			}
@@ -225,9 +222,6 @@ func (s *state) applySubmit(e *SubmitEntry) *SubmitResponse {
 			Attempts:       []api.AttemptRecord{},
 		}}
 		s.insert(r)
-		if spec.IdempotencyKey != "" {
-			seen[spec.IdempotencyKey] = s.seq
-		}
 		resp.Results[i] = SubmitOutcome{ID: r.task.ID}
 	}
 	return resp

@@ -17,7 +17,7 @@ func now() time.Time { return time.Now().UTC() }
 // apply proposes one entry and waits until it is committed and applied,
 // returning the state machine's response.
 func (m *Master) apply(e fsm.Entry) (any, error) {
-	data, err := fsm.Encode(e)
+	data, err := fsm.EncodeFormat(e, m.votersFormat(time.Now()))
 	if err != nil {
 		return nil, err
 	}
@@ -26,6 +26,42 @@ func (m *Master) apply(e fsm.Entry) (any, error) {
 		return nil, raftError(err)
 	}
 	return f.Response(), nil
+}
+
+// votersFormat returns the newest entry format every voter applies: the
+// lowest format the voters gossip, capped by this master's own, checked at
+// most once a second. A voter gossip does not show counts as format 0, so a
+// master of an older version, or one not heard from, holds the leader to the
+// entries everyone can apply.
+func (m *Master) votersFormat(now time.Time) int {
+	m.formatMu.Lock()
+	if now.Sub(m.formatAt) < time.Second && !m.formatAt.IsZero() {
+		level := m.formatLevel
+		m.formatMu.Unlock()
+		return level
+	}
+	m.formatMu.Unlock()
+	level := m.cfg.entryFormat()
+	f := m.raft.GetConfiguration()
+	if f.Error() != nil {
+		level = 0
+	} else {
+		for _, srv := range f.Configuration().Servers {
+			if srv.Suffrage != raft.Voter || string(srv.ID) == m.cfg.ID {
+				continue
+			}
+			mb, ok := m.masterMember(string(srv.ID))
+			if !ok {
+				level = 0
+				break
+			}
+			level = min(level, mb.Proto)
+		}
+	}
+	m.formatMu.Lock()
+	m.formatAt, m.formatLevel = now, level
+	m.formatMu.Unlock()
+	return level
 }
 
 // raftError maps raft's errors to api errors that say whether the entry may
@@ -128,7 +164,7 @@ func (b *batcher[T, R]) run(stop chan struct{}, wg *sync.WaitGroup) {
 			items = append(items, r.items...)
 		}
 		entry, after := b.build(items)
-		data, err := fsm.Encode(entry)
+		data, err := fsm.EncodeFormat(entry, b.m.votersFormat(time.Now()))
 		if err != nil {
 			if after != nil {
 				after(nil, err)

@@ -10,7 +10,6 @@ import (
 	"github.com/gantryhq/gantry/fsm"
 	"github.com/gantryhq/gantry/membership"
 	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/raft"
 )
 
 // Dispatcher tuning.
@@ -44,9 +43,6 @@ type dispatcher struct {
 	// reserved counts, per worker, slots promised to submissions whose
 	// SubmitAssignEntry is not applied yet.
 	reserved map[string]int
-	// The lowest entry format the voters apply, and when it was checked.
-	protoOK int
-	protoAt time.Time
 }
 
 func newDispatcher(m *Master, ls *leaderState) *dispatcher {
@@ -156,7 +152,7 @@ func mostFree(ws []*freeWorker) *freeWorker {
 // (higher first, then in order).
 func (d *dispatcher) reserve(prio []int) []*freeWorker {
 	t0 := time.Now()
-	if !d.votersApply(fsm.ProtoSubmitAssign, t0) {
+	if d.m.votersFormat(t0) < fsm.ProtoSubmitAssign {
 		return nil
 	}
 	if ready, _ := d.m.fsm.Ready(t0, 1); len(ready) > 0 {
@@ -185,43 +181,6 @@ func (d *dispatcher) reserve(prio []int) []*freeWorker {
 		d.reserved[w.id]++
 	}
 	return out
-}
-
-// votersApply reports whether every voter gossips an entry format of at
-// least proto (fsm.Proto), checked at most once a second: a master of an
-// older version, or one gossip does not show, blocks newer entries.
-func (d *dispatcher) votersApply(proto int, now time.Time) bool {
-	d.mu.Lock()
-	if now.Sub(d.protoAt) < time.Second {
-		ok := d.protoOK >= proto
-		d.mu.Unlock()
-		return ok
-	}
-	d.mu.Unlock()
-	level := d.m.cfg.entryFormat()
-	f := d.m.raft.GetConfiguration()
-	if f.Error() != nil {
-		level = 0
-	} else {
-		for _, srv := range f.Configuration().Servers {
-			if srv.Suffrage != raft.Voter {
-				continue
-			}
-			if string(srv.ID) == d.m.cfg.ID {
-				continue
-			}
-			mb, ok := d.m.masterMember(string(srv.ID))
-			if !ok {
-				level = 0
-				break
-			}
-			level = min(level, mb.Proto)
-		}
-	}
-	d.mu.Lock()
-	d.protoAt, d.protoOK = now, level
-	d.mu.Unlock()
-	return level >= proto
 }
 
 // release ends the reservations of reserve.

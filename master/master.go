@@ -46,6 +46,12 @@ type Master struct {
 	mu     sync.Mutex
 	leader *leaderState // non-nil while this node is the established leader
 
+	// The newest entry format every voter applies, and when it was checked
+	// (votersFormat).
+	formatMu    sync.Mutex
+	formatLevel int
+	formatAt    time.Time
+
 	// Kicks fanned out from gossip changes, one per consumer.
 	gossipKick chan struct{}
 

@@ -56,6 +56,7 @@ func newMetrics(m *Master) *metrics {
 	applied := prometheus.NewDesc("gantry_raft_applied_index", "Last Raft index applied.", nil, nil)
 	commit := prometheus.NewDesc("gantry_raft_commit_index", "Raft commit index known to this master.", nil, nil)
 	contact := prometheus.NewDesc("gantry_raft_last_contact_seconds", "Seconds since this follower last heard from the leader (0 on the leader).", nil, nil)
+	entries := prometheus.NewDesc("gantry_raft_entries_applied_total", "Command entries this replica applied since it started, by encoding (json, binary): the leader writes binary once every voter applies it.", []string{"encoding"}, nil)
 	workers := prometheus.NewDesc("gantry_workers", "Workers by gossip state, as this master sees them.", []string{"state"}, nil)
 	reg.MustRegister(prometheus.CollectorFunc(func(ch chan<- prometheus.Metric) {
 		c := m.fsm.Counts()
@@ -64,6 +65,9 @@ func newMetrics(m *Master) *metrics {
 			ch <- prometheus.MustNewConstMetric(tasks, prometheus.GaugeValue, float64(n), string(s))
 		}
 		ch <- prometheus.MustNewConstMetric(stale, prometheus.CounterValue, float64(m.fsm.StaleResults()))
+		all, bin := m.fsm.AppliedEntries()
+		ch <- prometheus.MustNewConstMetric(entries, prometheus.CounterValue, float64(all-bin), "json")
+		ch <- prometheus.MustNewConstMetric(entries, prometheus.CounterValue, float64(bin), "binary")
 		if m.raft == nil {
 			return
 		}
@@ -95,3 +99,7 @@ func newMetrics(m *Master) *metrics {
 
 // Registry returns the master's Prometheus registry, for /metrics.
 func (m *Master) Registry() *prometheus.Registry { return m.metrics.reg }
+
+// AppliedEntries returns how many command entries this master's replica
+// applied since it started, and how many of them were in the binary format.
+func (m *Master) AppliedEntries() (all, binary uint64) { return m.fsm.AppliedEntries() }

@@ -20,10 +20,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gantryhq/gantry/api"
+	"github.com/gantryhq/gantry/fsm"
 	"github.com/gantryhq/gantry/master"
 	"github.com/gantryhq/gantry/transport"
 )
@@ -1096,4 +1098,48 @@ func TestSemantics_NoSubmitAssignBeforeEveryVoterAppliesIt(t *testing.T) {
 			t.Fatalf("task %s was started in its submit entry although m3 does not apply that format: %+v", done.ID, done)
 		}
 	}
+}
+
+// TestSemantics_BinaryEntriesWaitForEveryVoter runs a rolling upgrade: while
+// one voter applies only entry format 2, the leader writes JSON entries;
+// once it restarts with the current format, the leader writes binary ones,
+// and every replica applies both into the same state.
+func TestSemantics_BinaryEntriesWaitForEveryVoter(t *testing.T) {
+	var old atomic.Bool
+	old.Store(true)
+	c := NewCluster(t, Options{Workers: 1, Slots: 2, Master: func(cfg *master.Config) {
+		if cfg.ID == "m3" && old.Load() {
+			cfg.EntryFormat = fsm.ProtoSubmitAssign
+		}
+	}})
+	cl := c.Client()
+	for i := 0; i < 5; i++ {
+		if done := c.WaitTerminal(cl, c.Submit(cl, Exec("true")).ID, semDeadline); done.State != api.StateSucceeded {
+			t.Fatalf("task %s: %s", done.ID, done.State)
+		}
+	}
+	for _, n := range c.Masters {
+		if all, bin := n.M.AppliedEntries(); all == 0 || bin != 0 {
+			t.Fatalf("%s applied %d entries, %d binary, while m3 applies format 2; want some, none binary", n.ID, all, bin)
+		}
+	}
+
+	old.Store(false)
+	m3 := c.Masters[2]
+	c.StopMaster(m3)
+	c.StartMaster(m3)
+	var binaryEverywhere bool
+	c.Eventually(30*time.Second, "every master applies binary entries", func() bool {
+		if done := c.WaitTerminal(cl, c.Submit(cl, Exec("true")).ID, semDeadline); done.State != api.StateSucceeded {
+			t.Fatalf("task %s: %s", done.ID, done.State)
+		}
+		binaryEverywhere = true
+		for _, n := range c.Masters {
+			if _, bin := n.M.AppliedEntries(); bin == 0 {
+				binaryEverywhere = false
+			}
+		}
+		return binaryEverywhere
+	})
+	c.WaitConverged()
 }

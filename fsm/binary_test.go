@@ -1,0 +1,306 @@
+package fsm
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gantryhq/gantry/api"
+)
+
+func mustEncodeBinary(t testing.TB, e Entry) []byte {
+	t.Helper()
+	b, err := EncodeFormat(e, ProtoBinary)
+	if err != nil {
+		t.Fatalf("encode %T: %v", e, err)
+	}
+	return b
+}
+
+func TestBinary_RoundTripsTheHotTypes(t *testing.T) {
+	n := 0
+	for _, e := range sampleEntries() {
+		b := mustEncodeBinary(t, e)
+		if hasBinary(e.Type()) != (b[0]&binaryFlag != 0) {
+			t.Fatalf("%s: type byte %#x", e.Type(), b[0])
+		}
+		if b[0]&binaryFlag != 0 {
+			n++
+			if j := mustEncode(t, e); len(b) >= len(j) {
+				t.Errorf("%s: binary %d bytes, JSON %d: not smaller", e.Type(), len(b), len(j))
+			}
+		}
+		got, err := Decode(b)
+		if err != nil {
+			t.Fatalf("%s: %v", e.Type(), err)
+		}
+		if !reflect.DeepEqual(got, e) {
+			t.Fatalf("%s: round trip\n got %#v\nwant %#v", e.Type(), got, e)
+		}
+	}
+	if n != 4 {
+		t.Fatalf("%d sample entries had a binary form, want 4 (submit, submit-assign, assign, result)", n)
+	}
+}
+
+func TestBinary_OlderFormatsWriteJSON(t *testing.T) {
+	for _, format := range []int{0, 1, ProtoSubmitAssign} {
+		for _, e := range sampleEntries() {
+			b, err := EncodeFormat(e, format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(b) != string(mustEncode(t, e)) {
+				t.Fatalf("format %d, %s: not the JSON encoding", format, e.Type())
+			}
+		}
+	}
+}
+
+// TestBinary_GoldenBytes pins the format: a change to it must be a new
+// binary version, because logs written today are read by later code.
+func TestBinary_GoldenBytes(t *testing.T) {
+	e := &SubmitEntry{At: time.Unix(1700000000, 5).UTC(), Tasks: []api.TaskSpec{{
+		Type: "exec", Args: []string{"true"}, Env: map[string]string{"B": "2", "A": "1"},
+		Timeout: "1s", MaxAttempts: 3, Priority: -1, IdempotencyKey: "k",
+	}}}
+	const want = "8101" + // submit | binaryFlag, version 1
+		"01" + "80c49fd50c" + "05" + // time: flag, seconds 1700000000 (varint), nanoseconds 5
+		"02" + // one spec
+		"0465786563" + // type "exec"
+		"02" + "0474727565" + // args ["true"]
+		"00" + // payload nil
+		"03" + "0141" + "0131" + "0142" + "0132" + // env, keys sorted
+		"023173" + "06" + "01" + "016b" // timeout "1s", max_attempts 3, priority -1, key "k"
+	b := mustEncodeBinary(t, e)
+	if got := hex.EncodeToString(b); got != want {
+		t.Fatalf("bytes\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestBinary_KeepsNilAndEmptyApart(t *testing.T) {
+	e := &SubmitAssignEntry{At: t0, Tasks: []api.TaskSpec{
+		{Args: nil, Payload: nil, Env: nil},
+		{Args: []string{}, Payload: json.RawMessage{}, Env: map[string]string{}},
+		{Args: []string{""}, Payload: json.RawMessage(`null`), Env: map[string]string{"": ""}},
+	}, Workers: []string{}}
+	got, err := Decode(mustEncodeBinary(t, e))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, e) {
+		t.Fatalf("round trip\n got %#v\nwant %#v", got, e)
+	}
+	// Nil lists, and lists of the smallest elements (every field empty).
+	for _, e := range []Entry{
+		&AssignEntry{At: t0}, &ResultEntry{}, &SubmitEntry{},
+		&AssignEntry{Assignments: make([]Assignment, 3)},
+		&ResultEntry{Results: make([]api.AttemptResult, 3)},
+		&SubmitEntry{Tasks: make([]api.TaskSpec, 3)},
+		&SubmitAssignEntry{Tasks: make([]api.TaskSpec, 2), Workers: make([]string, 2)},
+	} {
+		if got, err := Decode(mustEncodeBinary(t, e)); err != nil || !reflect.DeepEqual(got, e) {
+			t.Fatalf("%s: %#v, %v; want %#v", e.Type(), got, err, e)
+		}
+	}
+}
+
+// fill sets every field of v (recursively) to a random value, so a field
+// added to an entry or to api.TaskSpec/api.AttemptResult without a place in
+// the binary format fails the round trip below.
+func fill(t *testing.T, rng *rand.Rand, v reflect.Value) {
+	switch v.Type() {
+	case reflect.TypeFor[time.Time]():
+		if rng.IntN(8) == 0 {
+			v.Set(reflect.ValueOf(time.Time{}))
+			return
+		}
+		// Any instant in years 0-9999, in UTC as decoding gives it.
+		lo := time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+		hi := time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC).Unix()
+		v.Set(reflect.ValueOf(time.Unix(lo+rng.Int64N(hi-lo), rng.Int64N(1e9)).UTC()))
+		return
+	case reflect.TypeFor[json.RawMessage]():
+		if rng.IntN(4) == 0 {
+			return // nil
+		}
+		v.SetBytes([]byte(`{"n":` + randString(rng) + `}`)[:rng.IntN(6)])
+		return
+	}
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(randString(rng))
+	case reflect.Int, reflect.Int64:
+		switch rng.IntN(3) {
+		case 0:
+			v.SetInt(rng.Int64() - rng.Int64())
+		case 1:
+			v.SetInt(int64(rng.IntN(200)) - 100)
+		}
+	case reflect.Bool:
+		v.SetBool(rng.IntN(2) == 0)
+	case reflect.Slice:
+		if rng.IntN(5) == 0 {
+			return // nil
+		}
+		n := rng.IntN(4)
+		s := reflect.MakeSlice(v.Type(), n, n)
+		for i := range n {
+			fill(t, rng, s.Index(i))
+		}
+		v.Set(s)
+	case reflect.Map:
+		if rng.IntN(5) == 0 {
+			return // nil
+		}
+		m := reflect.MakeMap(v.Type())
+		for range rng.IntN(4) {
+			k, e := reflect.New(v.Type().Key()).Elem(), reflect.New(v.Type().Elem()).Elem()
+			fill(t, rng, k)
+			fill(t, rng, e)
+			m.SetMapIndex(k, e)
+		}
+		v.Set(m)
+	case reflect.Struct:
+		for i := range v.NumField() {
+			fill(t, rng, v.Field(i))
+		}
+	default:
+		t.Fatalf("fill: no rule for %s (%s): add one, and the field to the binary format", v.Type(), v.Kind())
+	}
+}
+
+func randString(rng *rand.Rand) string {
+	const chars = "ab\x00\"\\é日\n"
+	var sb strings.Builder
+	for range rng.IntN(6) {
+		sb.WriteString(string([]rune(chars)[rng.IntN(len([]rune(chars)))]))
+	}
+	return sb.String()
+}
+
+func TestBinary_RandomEntriesRoundTripEveryField(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	for i := range 2000 {
+		var e Entry
+		switch i % 4 {
+		case 0:
+			e = &SubmitEntry{}
+		case 1:
+			e = &SubmitAssignEntry{}
+		case 2:
+			e = &AssignEntry{}
+		case 3:
+			e = &ResultEntry{}
+		}
+		fill(t, rng, reflect.ValueOf(e).Elem())
+		b := mustEncodeBinary(t, e)
+		got, err := Decode(b)
+		if err != nil {
+			t.Fatalf("%s: %v", e.Type(), err)
+		}
+		if !reflect.DeepEqual(got, e) {
+			t.Fatalf("%s: round trip\n got %#v\nwant %#v", e.Type(), got, e)
+		}
+		// Equal entries, equal bytes (maps are written in key order).
+		if b2 := mustEncodeBinary(t, got); string(b2) != string(b) {
+			t.Fatalf("%s: encoding is not stable", e.Type())
+		}
+	}
+}
+
+func TestBinary_RejectsCorruptEntries(t *testing.T) {
+	for _, e := range sampleEntries() {
+		if !hasBinary(e.Type()) {
+			continue
+		}
+		b := mustEncodeBinary(t, e)
+		// Every truncation is an error, never a panic.
+		for n := 1; n < len(b); n++ {
+			if got, err := Decode(b[:n]); err == nil || !errors.Is(err, ErrCorruptEntry) {
+				t.Fatalf("%s cut to %d of %d bytes: %#v, %v", e.Type(), n, len(b), got, err)
+			}
+		}
+		if _, err := Decode(append(append([]byte{}, b...), 0)); err == nil || !strings.Contains(err.Error(), "trailing") {
+			t.Fatalf("%s with a trailing byte: %v", e.Type(), err)
+		}
+		bad := append([]byte{}, b...)
+		bad[1] = 2
+		if _, err := Decode(bad); err == nil || !strings.Contains(err.Error(), "version") {
+			t.Fatalf("%s with version 2: %v", e.Type(), err)
+		}
+	}
+	for _, tt := range []struct{ name, data, want string }{
+		{"no binary form", "\x85\x01", "no binary form"},
+		{"huge count", "\x81\x01\x00\xff\xff\xff\xff\x0f", "exceeds"},
+		{"bad time flag", "\x81\x01\x02", "time flag"},
+		{"nanoseconds too large", "\x81\x01\x01\x00\x80\x94\xeb\xdc\x03\x00", "nanoseconds"},
+		{"year 10000", "\x81\x01\x01\x80\xcc\xac\xff\xdf\x0e\x00\x00", "year 10000"},
+		{"zero time with flag 1", "\x81\x01\x01\xff\xdb\x8f\xf9\xce\x03\x00\x00", "zero time"},
+		{"bad boolean", "\x83\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00", "boolean"},
+		{"duplicate env key", "\x81\x01\x00\x02\x00\x00\x00\x03\x01a\x00\x01a\x00\x00\x00\x00\x00", "duplicate env key"},
+		{"overlong string", "\x81\x01\x00\x02\x09abcdefgh", "truncated"},
+	} {
+		got, err := Decode([]byte(tt.data))
+		if err == nil || !errors.Is(err, ErrCorruptEntry) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %#v, %v; want ErrCorruptEntry saying %q", tt.name, got, err, tt.want)
+		}
+	}
+}
+
+func TestBinary_RefusesTimesJSONCannotHold(t *testing.T) {
+	e := &SubmitEntry{At: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if b, err := EncodeFormat(e, ProtoBinary); err == nil || b != nil || !strings.Contains(err.Error(), "submit") {
+		t.Fatalf("EncodeFormat = %q, %v; want an error naming the entry type", b, err)
+	}
+}
+
+// TestBinary_SameStateAsJSON applies the same entries in both formats to two
+// state machines: a log may mix formats, so they must agree exactly.
+func TestBinary_SameStateAsJSON(t *testing.T) {
+	j, b := mustNewHarness(t), mustNewHarness(t)
+	b.format = ProtoBinary
+	entries := append(sampleEntries(), applySeeds()...)
+	for _, e := range entries {
+		jr, br := j.apply(e), b.apply(e)
+		if !reflect.DeepEqual(jr, br) {
+			t.Fatalf("%s: responses differ:\n%#v\n%#v", e.Type(), jr, br)
+		}
+	}
+	ji, jn, jd := j.f.Digest()
+	bi, bn, bd := b.f.Digest()
+	if ji != bi || jn != bn || jd != bd {
+		t.Fatalf("digests differ: JSON %d %d %s, binary %d %d %s", ji, jn, jd, bi, bn, bd)
+	}
+}
+
+// BenchmarkDecode compares decoding a 100-task submit entry in each format.
+func BenchmarkDecode(b *testing.B) {
+	e := &SubmitEntry{At: t0}
+	for i := range 100 {
+		e.Tasks = append(e.Tasks, specWith(func(s *api.TaskSpec) { s.IdempotencyKey = "bench-" + string(rune('a'+i%26)) }))
+	}
+	for _, format := range []int{ProtoSubmitAssign, ProtoBinary} {
+		data, err := EncodeFormat(e, format)
+		if err != nil {
+			b.Fatal(err)
+		}
+		name := "json"
+		if format == ProtoBinary {
+			name = "binary"
+		}
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if _, err := Decode(data); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
