@@ -27,7 +27,7 @@ import (
 const (
 	coalesceMaxTasks = api.MaxBatchTasks
 	coalesceMaxBytes = api.MaxBatchRequestBytes / 2
-	coalesceInflight = 16               // internal requests in flight per follower
+	coalesceInflight = 4                // internal requests in flight per follower: fewer, fuller batches (16 measured 7 % slower at 64 clients)
 	coalesceTimeout  = 30 * time.Second // one internal request, commit included
 )
 
