@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -331,5 +333,136 @@ func TestSubmitWait_ExitCodes(t *testing.T) {
 	out, _, err = execute(t, "task", "get", "--addr", srv.URL, api.FormatTaskID(8))
 	if !errors.Is(err, api.ErrNotFound) || !strings.Contains(describe(err), "(HTTP 404)") {
 		t.Errorf("task get of an unknown task: %q %v", out, err)
+	}
+}
+
+// fakeSubmitMaster answers POST /v1/tasks and /v1/tasks/batch like a leader,
+// except that it refuses every failEvery-th request with 503.
+type fakeSubmitMaster struct {
+	mu        sync.Mutex
+	n         int
+	failEvery int
+	keys      map[string]int
+}
+
+func (f *fakeSubmitMaster) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.n++
+	fail := f.failEvery > 0 && f.n%f.failEvery == 0
+	f.mu.Unlock()
+	if fail {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, `{"code":"not_leader","message":"fake"}`)
+		return
+	}
+	var specs []api.TaskSpec
+	switch r.URL.Path {
+	case "/v1/tasks":
+		var s api.TaskSpec
+		if err := json.NewDecoder(r.Body).Decode(&s); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		specs = []api.TaskSpec{s}
+	case "/v1/tasks/batch":
+		var b api.BatchRequest
+		if err := json.NewDecoder(r.Body).Decode(&b); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		specs = b.Tasks
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	tasks := make([]api.Task, len(specs))
+	f.mu.Lock()
+	for i, s := range specs {
+		f.keys[s.IdempotencyKey]++
+		tasks[i] = api.Task{ID: fmt.Sprintf("%016x", len(f.keys)), Args: s.Args, State: api.StatePending, IdempotencyKey: s.IdempotencyKey}
+	}
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	if r.URL.Path == "/v1/tasks" {
+		_ = json.NewEncoder(w).Encode(tasks[0])
+		return
+	}
+	_ = json.NewEncoder(w).Encode(api.BatchResponse{Tasks: tasks})
+}
+
+func TestBench_TableAndReport(t *testing.T) {
+	for _, batch := range []int{1, 10} {
+		t.Run(fmt.Sprint("batch", batch), func(t *testing.T) {
+			a := &fakeSubmitMaster{failEvery: 7, keys: map[string]int{}}
+			b := &fakeSubmitMaster{keys: map[string]int{}}
+			sa, sb := httptest.NewServer(a), httptest.NewServer(b)
+			defer sa.Close()
+			defer sb.Close()
+			report := t.TempDir() + "/bench-report.json"
+			cmd := newBenchCmd()
+			var out bytes.Buffer
+			cmd.SetOut(&out)
+			cmd.SetArgs([]string{"--addr", sa.URL + "," + sb.URL, "--clients", "1,3", "--repeats", "2",
+				"--duration", "300ms", "--batch", fmt.Sprint(batch), "--report", report})
+			if err := cmd.Execute(); err != nil {
+				t.Fatalf("bench: %v\n%s", err, out.String())
+			}
+			for _, want := range []string{"CLIENTS", "TASKS/S", "LONGEST GAP MS", "report: " + report} {
+				if !strings.Contains(out.String(), want) {
+					t.Fatalf("output lacks %q:\n%s", want, out.String())
+				}
+			}
+			data, err := os.ReadFile(report)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rep benchReport
+			if err := json.Unmarshal(data, &rep); err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Rows) != 2 || rep.Rows[0].Clients != 1 || rep.Rows[1].Clients != 3 || rep.Batch != batch {
+				t.Fatalf("report rows %+v, batch %d", rep.Rows, rep.Batch)
+			}
+			acked, errs := 0, 0
+			for _, row := range rep.Rows {
+				if len(row.Runs) != 2 || row.PerSec.Median <= 0 || row.PerSec.Min > row.PerSec.Median || row.PerSec.Median > row.PerSec.Max {
+					t.Fatalf("row %+v", row)
+				}
+				for _, r := range row.Runs {
+					if r.Tasks != r.Requests*batch || r.Tasks == 0 {
+						t.Fatalf("run %+v: tasks is not requests x batch", r)
+					}
+					acked += r.Tasks
+					errs += r.Errors
+				}
+			}
+			// Every acknowledged task was received under its own key; a
+			// refused request was sent again with the same keys.
+			received := map[string]bool{}
+			for _, f := range []*fakeSubmitMaster{a, b} {
+				for k := range f.keys {
+					received[k] = true
+				}
+			}
+			if errs == 0 || len(received) < acked {
+				t.Fatalf("%d errors, %d keys received for %d acknowledged tasks", errs, len(received), acked)
+			}
+		})
+	}
+}
+
+func TestBench_RefusesBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--clients", "0"}, {"--batch", "0"}, {"--batch", "100000"}, {"--repeats", "0"}, {"--duration", "0s"}, {"--addr", ""},
+	} {
+		cmd := newBenchCmd()
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		cmd.SetArgs(append(args, "--report", ""))
+		if err := cmd.Execute(); err == nil {
+			t.Errorf("%q: no error", args)
+		}
 	}
 }
