@@ -40,7 +40,7 @@ type Config struct {
 	Clients  []int // concurrencies (default 1, 16, 64, 256)
 	Batch    int   // tasks per batch request (default 100)
 	Rounds   int   // failover rounds per system (default 10)
-	// WorkerLossRounds: SIGKILLs of a busy worker (default 3).
+	// WorkerLossRounds: SIGKILLs of a busy worker (default 5).
 	WorkerLossRounds int
 	// Phases to run (nil: all): submit, batch, failover, e2e, completion,
 	// workerloss, statescale.
@@ -134,7 +134,7 @@ func (c *Config) defaults() {
 		c.Rounds = 10
 	}
 	if c.WorkerLossRounds < 1 {
-		c.WorkerLossRounds = 3
+		c.WorkerLossRounds = 5
 	}
 	if c.Out == nil {
 		c.Out = os.Stdout
