@@ -84,15 +84,23 @@ func raftError(err error) error {
 const (
 	maxSubmitBatch = 1000 // specs per submit entry (one larger request still goes alone)
 	maxResultBatch = 256  // results per result entry
-	maxInflight    = 64   // proposals awaiting commit per batcher
+	// Proposals awaiting commit per batcher. Submissions keep only 2 in
+	// flight, so that what arrives meanwhile goes out as one entry: every
+	// entry is encoded, stored, replicated and applied on its own, so fewer,
+	// fuller entries cost every master less per task. Measured +9 % at 64 clients and +8 % at 256 against 64 in
+	// flight (5 and 3 runs); batch submission was unchanged. Results keep
+	// a deep pipeline: they already arrive in batches from each worker.
+	submitInflight = 2
+	resultInflight = 64
 )
 
 // batcher coalesces concurrent requests into one raft entry (group commit at
 // the application level): while one entry is in flight, new requests queue
 // up and go out together in the next.
 type batcher[T, R any] struct {
-	m   *Master
-	max int
+	m        *Master
+	max      int
+	inflight int
 	// build makes the entry of a batch, and optionally a function called
 	// with its outcome once raft has answered (applied, or failed).
 	build func(items []T) (fsm.Entry, func(resp any, err error))
@@ -110,8 +118,8 @@ type batchResp[R any] struct {
 	err     error
 }
 
-func newBatcher[T, R any](m *Master, max int, build func([]T) (fsm.Entry, func(any, error)), split func(any, int) []R) *batcher[T, R] {
-	return &batcher[T, R]{m: m, max: max, build: build, split: split, ch: make(chan *batchReq[T, R], 1024)}
+func newBatcher[T, R any](m *Master, max, inflight int, build func([]T) (fsm.Entry, func(any, error)), split func(any, int) []R) *batcher[T, R] {
+	return &batcher[T, R]{m: m, max: max, inflight: inflight, build: build, split: split, ch: make(chan *batchReq[T, R], 1024)}
 }
 
 // do proposes items (in one entry, possibly with others' items) and returns
@@ -137,7 +145,7 @@ func (b *batcher[T, R]) do(ctx context.Context, items []T) ([]R, error) {
 
 func (b *batcher[T, R]) run(stop chan struct{}, wg *sync.WaitGroup) {
 	defer wg.Done()
-	sem := make(chan struct{}, maxInflight)
+	sem := make(chan struct{}, b.inflight)
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
 	for {

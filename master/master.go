@@ -78,8 +78,8 @@ func New(cfg Config) (*Master, error) {
 	m.workers = transport.NewWorkerClient(cfg.HTTPClient)
 	m.peers = transport.NewClient(nil, transport.WithHTTPClient(cfg.HTTPClient))
 	m.metrics = newMetrics(m)
-	m.submits = newBatcher(m, maxSubmitBatch, m.buildSubmit, m.splitSubmit)
-	m.results = newBatcher(m, maxResultBatch, m.buildResult, m.splitResult)
+	m.submits = newBatcher(m, maxSubmitBatch, submitInflight, m.buildSubmit, m.splitSubmit)
+	m.results = newBatcher(m, maxResultBatch, resultInflight, m.buildResult, m.splitResult)
 	return m, nil
 }
 
