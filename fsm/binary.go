@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gantryhq/gantry/api"
 )
@@ -20,10 +22,13 @@ import (
 // then a version byte (binaryVersion), then the fields in declaration order:
 //
 //   - integers as varints (unsigned: uvarint), booleans as one byte 0 or 1;
-//   - strings as a uvarint length and the bytes;
+//   - strings as a uvarint length and the bytes, always valid UTF-8: the
+//     encoder replaces each invalid byte with U+FFFD, exactly as encoding/json
+//     does, so a binary entry holds the same strings a JSON one would;
 //   - slices, maps and raw JSON as a uvarint n+1 and n elements, 0 meaning
 //     nil, so that nil and empty survive the round trip exactly; map entries
-//     sorted by key, so equal entries encode to equal bytes;
+//     sorted by key, so equal entries encode to equal bytes; a raw JSON
+//     payload must be valid JSON (checked both ways), as in a JSON entry;
 //   - times as a flag byte (0: the zero time), then the Unix seconds
 //     (varint) and the nanoseconds (uvarint), decoded in UTC. Like JSON,
 //     the format holds years 0 to 9999 only: the snapshot, which is JSON,
@@ -158,8 +163,33 @@ func (w *benc) bool(v bool) {
 }
 
 func (w *benc) str(s string) {
+	s = jsonString(s)
 	w.uint(uint64(len(s)))
 	w.b = append(w.b, s...)
+}
+
+// jsonString returns s as a JSON entry would carry it: encoding/json writes
+// each byte that is not part of valid UTF-8 as U+FFFD. The API refuses
+// invalid UTF-8 in what users send, but a worker's ID, say, is not checked:
+// a binary entry must hold the same strings a JSON one would, or replicas
+// restored from a snapshot (JSON) would differ from those that applied the
+// log.
+func jsonString(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var sb strings.Builder
+	sb.Grow(len(s) + 8)
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			sb.WriteRune(utf8.RuneError)
+		} else {
+			sb.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return sb.String()
 }
 
 // count writes n+1, or 0 for nil.
@@ -179,6 +209,9 @@ func (w *benc) strs(ss []string) {
 }
 
 func (w *benc) raw(p json.RawMessage) {
+	if len(p) > 0 && !json.Valid(p) && w.err == nil {
+		w.err = fmt.Errorf("payload is not valid JSON")
+	}
 	w.count(len(p), p == nil)
 	w.b = append(w.b, p...)
 }
@@ -190,7 +223,11 @@ func (w *benc) env(m map[string]string) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	for _, k := range keys {
+	for i, k := range keys {
+		// Two keys that differ only in invalid UTF-8 would become one.
+		if i > 0 && jsonString(k) == jsonString(keys[i-1]) && w.err == nil {
+			w.err = fmt.Errorf("env keys %q and %q are the same once made valid UTF-8", keys[i-1], k)
+		}
 		w.str(k)
 		w.str(m[k])
 	}
@@ -321,7 +358,12 @@ func (r *bdec) str() string {
 	if n == 0 {
 		return ""
 	}
-	return string(r.take(n))
+	p := r.take(n)
+	if r.err == nil && !utf8.Valid(p) {
+		r.fail("a string is not valid UTF-8")
+		return ""
+	}
+	return string(p)
 }
 
 // count reads n+1 (0: nil). Every element takes at least minSize bytes, so
@@ -352,12 +394,18 @@ func (r *bdec) strs() []string {
 	return ss
 }
 
+// raw reads a JSON payload. Like a JSON entry, a binary one can only carry
+// valid JSON there: the state must stay encodable for the API and snapshots.
 func (r *bdec) raw() json.RawMessage {
 	n, ok := r.count(1)
 	if !ok {
 		return nil
 	}
-	return slices.Clone(r.take(uint64(n)))
+	p := slices.Clone(r.take(uint64(n)))
+	if len(p) > 0 && r.err == nil && !json.Valid(p) {
+		r.fail("payload is not valid JSON")
+	}
+	return p
 }
 
 func (r *bdec) env() map[string]string {

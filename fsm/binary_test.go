@@ -129,7 +129,8 @@ func fill(t *testing.T, rng *rand.Rand, v reflect.Value) {
 		if rng.IntN(4) == 0 {
 			return // nil
 		}
-		v.SetBytes([]byte(`{"n":` + randString(rng) + `}`)[:rng.IntN(6)])
+		payloads := []string{``, `{}`, `null`, `[1, 2 , {"a" : "<&>"}]`, `"\u00e9\n"`, `-1.5e3`}
+		v.SetBytes([]byte(payloads[rng.IntN(len(payloads))]))
 		return
 	}
 	switch v.Kind() {
@@ -245,11 +246,59 @@ func TestBinary_RejectsCorruptEntries(t *testing.T) {
 		{"bad boolean", "\x83\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00", "boolean"},
 		{"duplicate env key", "\x81\x01\x00\x02\x00\x00\x00\x03\x01a\x00\x01a\x00\x00\x00\x00\x00", "duplicate env key"},
 		{"overlong string", "\x81\x01\x00\x02\x09abcdefgh", "truncated"},
+		{"payload not JSON", "\x81\x01\x00\x02\x00\x00\x04{\"n\x00\x00\x00\x00\x00", "payload is not valid JSON"},
 	} {
 		got, err := Decode([]byte(tt.data))
 		if err == nil || !errors.Is(err, ErrCorruptEntry) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: %#v, %v; want ErrCorruptEntry saying %q", tt.name, got, err, tt.want)
 		}
+	}
+}
+
+func TestBinary_RefusesPayloadsThatAreNotJSON(t *testing.T) {
+	// Found by FuzzApply: a payload that is not JSON would leave a task
+	// the API and snapshots cannot encode. The leader cannot write one, and
+	// a replica refuses one.
+	for _, p := range []string{`{"n`, `1 0`, `nope`} {
+		e := &SubmitEntry{At: t0, Tasks: []api.TaskSpec{{Args: []string{"true"}, Payload: json.RawMessage(p)}}}
+		if b, err := EncodeFormat(e, ProtoBinary); err == nil || !strings.Contains(err.Error(), "payload") {
+			t.Fatalf("payload %q: EncodeFormat = %q, %v; want an error", p, b, err)
+		}
+	}
+}
+
+// TestBinary_InvalidUTF8BecomesWhatJSONMakesOfIt: found by FuzzApply. A
+// string with invalid UTF-8 must reach the state as a JSON entry would bring
+// it (each bad byte as U+FFFD), or a replica restored from a snapshot would
+// differ from one that applied the log.
+func TestBinary_InvalidUTF8BecomesWhatJSONMakesOfIt(t *testing.T) {
+	bad := "a\x80b\xff\xfe日\xe6\x97"
+	e := &ResultEntry{At: t0, Results: []api.AttemptResult{{TaskID: bad, Worker: "w\xc3", Outcome: api.Outcome(bad), Output: bad, Error: bad}}}
+	a := &SubmitAssignEntry{At: t0, Tasks: []api.TaskSpec{{Type: bad, Args: []string{bad}, Env: map[string]string{bad: bad}, IdempotencyKey: bad}}, Workers: []string{bad}}
+	for _, e := range []Entry{e, a, &AssignEntry{At: t0, Assignments: []Assignment{{TaskID: bad, Worker: bad}}}} {
+		fromJSON, err := Decode(mustEncode(t, e))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fromBinary, err := Decode(mustEncodeBinary(t, e))
+		if err != nil {
+			t.Fatalf("%s: %v", e.Type(), err)
+		}
+		if !reflect.DeepEqual(fromJSON, fromBinary) {
+			t.Fatalf("%s:\n JSON   %#v\n binary %#v", e.Type(), fromJSON, fromBinary)
+		}
+	}
+	// A replica refuses raw invalid UTF-8 (no encoder writes it).
+	if _, err := Decode([]byte("\x85\x01\x00")); err == nil {
+		t.Fatal("cancel has no binary form")
+	}
+	if got, err := Decode([]byte("\x82\x01\x00\x02\x01\x80\x00\x00")); err == nil || !strings.Contains(err.Error(), "UTF-8") {
+		t.Fatalf("assignment with task ID 0x80: %#v, %v", got, err)
+	}
+	// Env keys that would collide once made valid are refused.
+	collide := &SubmitEntry{At: t0, Tasks: []api.TaskSpec{{Env: map[string]string{"\x80": "1", "\x81": "2"}}}}
+	if _, err := EncodeFormat(collide, ProtoBinary); err == nil || !strings.Contains(err.Error(), "env keys") {
+		t.Fatalf("colliding env keys: %v", err)
 	}
 }
 

@@ -149,6 +149,11 @@ func FuzzApply(f *testing.F) {
 	for _, e := range sampleEntries() {
 		f.Add(mustEncode(f, e))
 	}
+	for _, e := range append(applySeeds(), sampleEntries()...) {
+		if b, err := EncodeFormat(e, ProtoBinary); err == nil && b[0]&binaryFlag != 0 {
+			f.Add(b)
+		}
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := Decode(b)
 		if err != nil {
