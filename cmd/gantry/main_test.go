@@ -439,12 +439,17 @@ func TestBench_TableAndReport(t *testing.T) {
 				}
 			}
 			// Every acknowledged task was received under its own key; a
-			// refused request was sent again with the same keys.
+			// refused request was sent again with the same keys. Close
+			// waits for requests a client gave up on at the end of a run.
+			sa.Close()
+			sb.Close()
 			received := map[string]bool{}
 			for _, f := range []*fakeSubmitMaster{a, b} {
+				f.mu.Lock()
 				for k := range f.keys {
 					received[k] = true
 				}
+				f.mu.Unlock()
 			}
 			if errs == 0 || len(received) < acked {
 				t.Fatalf("%d errors, %d keys received for %d acknowledged tasks", errs, len(received), acked)
