@@ -94,6 +94,9 @@ type Config struct {
 	GossipProbeInterval time.Duration
 	GossipProbeTimeout  time.Duration
 	GossipSuspicionMult int
+	// GossipSuspicionMaxMult caps an unconfirmed suspicion at this multiple
+	// of the shortest one (memberlist's SuspicionMaxTimeoutMult).
+	GossipSuspicionMaxMult int
 
 	HTTPClient *http.Client // for pushes and master-to-master calls; default has keep-alives
 
@@ -147,9 +150,14 @@ var Defaults = Config{
 	GossipProbeInterval: 300 * time.Millisecond,
 	GossipProbeTimeout:  200 * time.Millisecond,
 	GossipSuspicionMult: 3,
-	ScaleInterval:       time.Second,
-	OrphanGrace:         30 * time.Second,
-	WorkerStopTimeout:   30 * time.Second,
+	// memberlist starts a suspicion at 6x its shortest time (0.9 s here)
+	// and shortens it as other members confirm; in a small pool a
+	// confirmation can be late, and a dead worker then took up to 5.4 s to
+	// be declared. 3x caps that at 2.7 s.
+	GossipSuspicionMaxMult: 3,
+	ScaleInterval:          time.Second,
+	OrphanGrace:            30 * time.Second,
+	WorkerStopTimeout:      30 * time.Second,
 }
 
 func (c *Config) setDefaults() {
@@ -184,6 +192,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.TrailingLogs == 0 {
 		c.TrailingLogs = d.TrailingLogs
+	}
+	if c.GossipSuspicionMaxMult == 0 {
+		c.GossipSuspicionMaxMult = d.GossipSuspicionMaxMult
 	}
 	if c.GossipSuspicionMult == 0 {
 		c.GossipSuspicionMult = d.GossipSuspicionMult

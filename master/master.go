@@ -156,16 +156,17 @@ func (m *Master) Start() error {
 	// mundane as a port in use, and once raft runs, its goroutines may use
 	// the store at any moment, so it must not be torn down casually.
 	m.gossip = membership.New(membership.Config{
-		BindAddr:      m.cfg.GossipBind,
-		AdvertiseAddr: m.cfg.GossipAdvertise,
-		Seeds:         m.cfg.Join,
-		Label:         m.cfg.Cluster,
-		SecretKey:     m.cfg.GossipKey,
-		Logger:        m.log,
-		ProbeInterval: m.cfg.GossipProbeInterval,
-		ProbeTimeout:  m.cfg.GossipProbeTimeout,
-		SuspicionMult: m.cfg.GossipSuspicionMult,
-		WrapTransport: m.cfg.WrapGossip,
+		BindAddr:         m.cfg.GossipBind,
+		AdvertiseAddr:    m.cfg.GossipAdvertise,
+		Seeds:            m.cfg.Join,
+		Label:            m.cfg.Cluster,
+		SecretKey:        m.cfg.GossipKey,
+		Logger:           m.log,
+		ProbeInterval:    m.cfg.GossipProbeInterval,
+		ProbeTimeout:     m.cfg.GossipProbeTimeout,
+		SuspicionMult:    m.cfg.GossipSuspicionMult,
+		SuspicionMaxMult: m.cfg.GossipSuspicionMaxMult,
+		WrapTransport:    m.cfg.WrapGossip,
 		Meta: membership.Meta{
 			Role:    membership.RoleMaster,
 			ID:      m.cfg.ID,

@@ -77,6 +77,10 @@ type Config struct {
 	ProbeInterval time.Duration // zero means 1s
 	ProbeTimeout  time.Duration // zero means 500ms
 	SuspicionMult int           // zero means 4
+	// SuspicionMaxMult bounds how long a suspicion may last without
+	// confirmations from other members, as a multiple of the shortest
+	// (SuspicionMult x probe interval); zero means memberlist's 6.
+	SuspicionMaxMult int
 	// RejoinInterval is how often the seeds are joined again while this node
 	// sees fewer members than seeds plus itself (it heals a pool split by a
 	// long partition). Zero means 5s.
@@ -186,6 +190,9 @@ func (m *Membership) Start() error {
 	}
 	if m.cfg.SuspicionMult > 0 {
 		c.SuspicionMult = m.cfg.SuspicionMult
+	}
+	if m.cfg.SuspicionMaxMult > 0 {
+		c.SuspicionMaxTimeoutMult = m.cfg.SuspicionMaxMult
 	}
 	c.Delegate = (*delegate)(m)
 	c.Events = (*events)(m)

@@ -35,9 +35,10 @@ type Config struct {
 	Exec         ExecConfig    // how exec tasks run
 	DrainTimeout time.Duration // on Shutdown, how long running attempts may finish before they are handed back; default 30s
 
-	GossipProbeInterval time.Duration
-	GossipProbeTimeout  time.Duration
-	GossipSuspicionMult int
+	GossipProbeInterval    time.Duration
+	GossipProbeTimeout     time.Duration
+	GossipSuspicionMult    int
+	GossipSuspicionMaxMult int // zero means memberlist's 6
 
 	Version string
 	Logger  hclog.Logger
@@ -174,16 +175,17 @@ func (w *Worker) Start() error {
 	w.cfg.HTTPAdvertise = transport.NormalizeURL(w.cfg.HTTPAdvertise)
 	w.srv = &http.Server{Handler: transport.NewWorkerHandler(w, w.log, w.reg), ReadHeaderTimeout: 10 * time.Second}
 	w.gossip = membership.New(membership.Config{
-		BindAddr:      w.cfg.GossipBind,
-		AdvertiseAddr: w.cfg.GossipAdvertise,
-		Seeds:         w.cfg.Join,
-		Label:         w.cfg.Cluster,
-		SecretKey:     w.cfg.GossipKey,
-		Logger:        w.log,
-		ProbeInterval: w.cfg.GossipProbeInterval,
-		ProbeTimeout:  w.cfg.GossipProbeTimeout,
-		SuspicionMult: w.cfg.GossipSuspicionMult,
-		WrapTransport: w.cfg.WrapGossip,
+		BindAddr:         w.cfg.GossipBind,
+		AdvertiseAddr:    w.cfg.GossipAdvertise,
+		Seeds:            w.cfg.Join,
+		Label:            w.cfg.Cluster,
+		SecretKey:        w.cfg.GossipKey,
+		Logger:           w.log,
+		ProbeInterval:    w.cfg.GossipProbeInterval,
+		ProbeTimeout:     w.cfg.GossipProbeTimeout,
+		SuspicionMult:    w.cfg.GossipSuspicionMult,
+		SuspicionMaxMult: w.cfg.GossipSuspicionMaxMult,
+		WrapTransport:    w.cfg.WrapGossip,
 		Meta: membership.Meta{
 			Role:    membership.RoleWorker,
 			ID:      w.cfg.ID,

@@ -44,13 +44,14 @@ func (l *logFlags) logger(name string) (hclog.Logger, error) {
 
 // gossipFlags are shared by the daemons.
 type gossipFlags struct {
-	bind, advertise string
-	join            []string
-	cluster         string
-	key             string
-	probeInterval   time.Duration
-	probeTimeout    time.Duration
-	suspicionMult   int
+	bind, advertise  string
+	join             []string
+	cluster          string
+	key              string
+	probeInterval    time.Duration
+	probeTimeout     time.Duration
+	suspicionMult    int
+	suspicionMaxMult int
 }
 
 func (g *gossipFlags) add(cmd *cobra.Command, defBind string) {
@@ -63,6 +64,7 @@ func (g *gossipFlags) add(cmd *cobra.Command, defBind string) {
 	f.DurationVar(&g.probeInterval, "gossip-probe-interval", master.Defaults.GossipProbeInterval, "gossip failure-detection probe interval")
 	f.DurationVar(&g.probeTimeout, "gossip-probe-timeout", master.Defaults.GossipProbeTimeout, "gossip probe timeout")
 	f.IntVar(&g.suspicionMult, "gossip-suspicion-mult", master.Defaults.GossipSuspicionMult, "gossip suspicion multiplier (higher: slower, fewer false deaths)")
+	f.IntVar(&g.suspicionMaxMult, "gossip-suspicion-max-mult", master.Defaults.GossipSuspicionMaxMult, "longest unconfirmed suspicion, as a multiple of the shortest (memberlist's default is 6)")
 }
 
 func (g *gossipFlags) keyBytes() ([]byte, error) {
@@ -134,6 +136,7 @@ func newMasterCmd() *cobra.Command {
 			cfg.HTTPAdvertise = transport.NormalizeURL(advHTTP)
 			cfg.GossipBind, cfg.GossipAdvertise, cfg.Join, cfg.Cluster = gf.bind, gf.advertise, gf.join, gf.cluster
 			cfg.GossipProbeInterval, cfg.GossipProbeTimeout, cfg.GossipSuspicionMult = gf.probeInterval, gf.probeTimeout, gf.suspicionMult
+			cfg.GossipSuspicionMaxMult = gf.suspicionMaxMult
 			cfg.SnapshotThreshold, cfg.TrailingLogs = snapshotThreshold, trailingLogs
 			cfg.Version = version
 			cfg.Logger = log
@@ -264,6 +267,7 @@ func newWorkerCmd() *cobra.Command {
 			cfg.HTTPAdvertise = advHTTP
 			cfg.GossipBind, cfg.GossipAdvertise, cfg.Join, cfg.Cluster = gf.bind, gf.advertise, gf.join, gf.cluster
 			cfg.GossipProbeInterval, cfg.GossipProbeTimeout, cfg.GossipSuspicionMult = gf.probeInterval, gf.probeTimeout, gf.suspicionMult
+			cfg.GossipSuspicionMaxMult = gf.suspicionMaxMult
 			cfg.Exec.Path = execPath
 			cfg.Version = version
 			cfg.Logger = log

@@ -29,6 +29,7 @@ func run() int {
 	dur := fs.Duration("duration", 5*time.Second, "length of one throughput run")
 	clients := fs.String("clients", "1,16,64,256", "concurrencies of the submit benchmark")
 	rounds := fs.Int("rounds", 10, "leader kills per system")
+	lossRounds := fs.Int("worker-loss-rounds", 5, "SIGKILLs of a busy worker")
 	heartbeat := fs.Duration("raft-heartbeat-timeout", 0, "gantry's raft heartbeat timeout (0: the binary's default)")
 	election := fs.Duration("raft-election-timeout", 0, "gantry's raft election timeout (0: the binary's default)")
 	lease := fs.Duration("raft-lease-timeout", 0, "gantry's raft lease timeout (0: the binary's default)")
@@ -41,7 +42,7 @@ func run() int {
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
-	cfg := bench.Config{Gantry: *bin, Repeats: *repeats, For: *dur, Rounds: *rounds,
+	cfg := bench.Config{Gantry: *bin, Repeats: *repeats, For: *dur, Rounds: *rounds, WorkerLossRounds: *lossRounds,
 		Timers: bench.Timers{Heartbeat: *heartbeat, Election: *election, Lease: *lease}}
 	if cfg.Timers.Heartbeat > 0 && (cfg.Timers.Election <= 0 || cfg.Timers.Lease <= 0) {
 		fmt.Fprintln(os.Stderr, "--raft-heartbeat-timeout needs --raft-election-timeout and --raft-lease-timeout")
