@@ -78,14 +78,14 @@ func run() int {
 		cfg.Etcd = *etcd
 	}
 	cfg.Dir = *dir
+	temp := false
 	if cfg.Dir == "" {
 		d, err := os.MkdirTemp("", "gantry-bench-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer os.RemoveAll(d)
-		cfg.Dir = d
+		cfg.Dir, temp = d, true
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -103,8 +103,12 @@ func run() int {
 		fmt.Printf("\nreport: %s%s\n", *report, map[bool]string{true: ", chart: " + *chart, false: ""}[*chart != ""])
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err, "(logs in", cfg.Dir+")")
+		// Keep the temporary directory: its logs explain the failure.
+		fmt.Fprintln(os.Stderr, "bench:", err, "(logs kept in", cfg.Dir+")")
 		return 1
+	}
+	if temp {
+		os.RemoveAll(cfg.Dir)
 	}
 	return 0
 }
