@@ -342,20 +342,11 @@ type fakeSubmitMaster struct {
 	mu        sync.Mutex
 	n         int
 	failEvery int
-	keys      map[string]int
+	keys      map[string]int  // accepted
+	refused   map[string]bool // in a refused request
 }
 
 func (f *fakeSubmitMaster) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	f.n++
-	fail := f.failEvery > 0 && f.n%f.failEvery == 0
-	f.mu.Unlock()
-	if fail {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprint(w, `{"code":"not_leader","message":"fake"}`)
-		return
-	}
 	var specs []api.TaskSpec
 	switch r.URL.Path {
 	case "/v1/tasks":
@@ -374,6 +365,21 @@ func (f *fakeSubmitMaster) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		specs = b.Tasks
 	default:
 		http.NotFound(w, r)
+		return
+	}
+	f.mu.Lock()
+	f.n++
+	fail := f.failEvery > 0 && f.n%f.failEvery == 0
+	if fail {
+		for _, s := range specs {
+			f.refused[s.IdempotencyKey] = true
+		}
+	}
+	f.mu.Unlock()
+	if fail {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, `{"code":"not_leader","message":"fake"}`)
 		return
 	}
 	tasks := make([]api.Task, len(specs))
@@ -395,8 +401,8 @@ func (f *fakeSubmitMaster) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func TestBench_TableAndReport(t *testing.T) {
 	for _, batch := range []int{1, 10} {
 		t.Run(fmt.Sprint("batch", batch), func(t *testing.T) {
-			a := &fakeSubmitMaster{failEvery: 7, keys: map[string]int{}}
-			b := &fakeSubmitMaster{keys: map[string]int{}}
+			a := &fakeSubmitMaster{failEvery: 7, keys: map[string]int{}, refused: map[string]bool{}}
+			b := &fakeSubmitMaster{keys: map[string]int{}, refused: map[string]bool{}}
 			sa, sb := httptest.NewServer(a), httptest.NewServer(b)
 			defer sa.Close()
 			defer sb.Close()
@@ -453,6 +459,17 @@ func TestBench_TableAndReport(t *testing.T) {
 			}
 			if errs == 0 || len(received) < acked {
 				t.Fatalf("%d errors, %d keys received for %d acknowledged tasks", errs, len(received), acked)
+			}
+			// A refused request is retried on the other master with the
+			// same keys (only one cut short by the end of a run is not).
+			retried := 0
+			for k := range a.refused {
+				if received[k] {
+					retried++
+				}
+			}
+			if len(a.refused) == 0 || retried == 0 || len(a.refused)-retried > 4*2*batch {
+				t.Fatalf("%d keys refused, %d of them accepted later: a retry must reuse its keys", len(a.refused), retried)
 			}
 		})
 	}
