@@ -24,7 +24,8 @@
 #                    5 when the project has a master-4 container or volume
 #   VOLUMES          1: down also removes the Raft data volumes
 #   GANTRY_PORT_1..5 host ports of the masters' HTTP API (8081..8085)
-#   GANTRY_IMAGE     image (gantry:dev); built by `make image`, never pulled
+#   GANTRY_IMAGE     image (gantry:dev); never pulled. `make up` builds only
+#                    gantry:dev; any other tag is used as it is
 #   GANTRY_WORKERS   compose workers (2); GANTRY_WORKER_SLOTS (4) slots each
 #   GANTRY_BIN       gantry client on the host (bin/gantry); when missing,
 #                    the client inside a master container is used
@@ -154,8 +155,13 @@ wait_ready() {
 
 up() {
 	check_data
-	docker image inspect "${GANTRY_IMAGE:-gantry:dev}" >/dev/null 2>&1 ||
-		die "image ${GANTRY_IMAGE:-gantry:dev} not found; build it with 'make image' (nothing is pulled)"
+	local image=${GANTRY_IMAGE:-gantry:dev}
+	if ! docker image inspect "$image" >/dev/null 2>&1; then
+		# Only gantry's own tag is built here; another one is the user's.
+		[ "$image" = gantry:dev ] &&
+			die "image gantry:dev not found; build it with 'make image' (nothing is pulled)"
+		die "image $image does not exist; build it first, or leave IMAGE unset to build gantry:dev (nothing is pulled)"
+	fi
 	compose up -d
 	wait_ready
 	gantry status
