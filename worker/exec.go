@@ -27,7 +27,7 @@ import (
 type ExecConfig struct {
 	Path      string        // PATH given to the task's process (and used to resolve args[0] when it has no slash); empty means the worker's own $PATH
 	KillGrace time.Duration // between SIGTERM and SIGKILL of the process group on timeout or cancel; 0 means SIGKILL at once
-	MaxOutput int           // bytes of combined output kept; 0 means api.MaxOutputBytes
+	MaxOutput int           // bytes of combined output kept, marker included (output that does not fit keeps its first quarter and its end; see capWriter); 0 means api.MaxOutputBytes
 	WorkerID  string        // given to the process as GANTRY_WORKER when not empty
 }
 
@@ -35,8 +35,8 @@ type ExecConfig struct {
 type ExecResult struct {
 	Outcome               api.Outcome // OutcomeSucceeded, OutcomeFailed, OutcomeTimeout or OutcomeCanceled
 	ExitCode              int         // the process's exit code; -1 when killed by a signal or never started
-	Output                string      // combined stdout+stderr, at most MaxOutput bytes
-	Truncated             bool        // output was longer than MaxOutput
+	Output                string      // combined stdout+stderr as valid UTF-8, at most MaxOutput bytes: whole, or its head and tail around a "[gantry: N bytes of output dropped]" line
+	Truncated             bool        // output did not fit in MaxOutput: bytes were dropped
 	Error                 string      // why it failed when that is not just a non-zero exit: "timeout after 1s", "exec: \"nope\": executable file not found in $PATH", "killed by signal: terminated", "canceled"
 	StartedAt, FinishedAt time.Time
 }
@@ -58,10 +58,11 @@ const outputDrainDelay = time.Second
 // Canceling ctx stops the attempt (outcome canceled).
 func RunExec(ctx context.Context, a api.Assignment, cfg ExecConfig) ExecResult {
 	res := ExecResult{ExitCode: -1, StartedAt: time.Now()}
-	out := &capWriter{max: cfg.MaxOutput}
-	if out.max <= 0 {
-		out.max = api.MaxOutputBytes
+	limit := cfg.MaxOutput
+	if limit <= 0 {
+		limit = api.MaxOutputBytes // what the API accepts; the marker fits within it
 	}
+	out := newCapWriter(limit)
 	finish := func() ExecResult {
 		res.Output, res.Truncated = out.result()
 		res.Error = clip(res.Error, api.MaxErrorLen)
@@ -297,43 +298,201 @@ func waitExited(pid int) error {
 	}
 }
 
-// capWriter keeps the first max bytes written to it and counts the rest,
-// which it discards so the process never blocks on a full pipe.
-type capWriter struct {
-	mu    sync.Mutex
-	max   int
-	buf   []byte
-	total int64
-}
+// The output of a task is kept whole when it fits in the limit. Otherwise
+// the result is its first part (the head), one marker line saying how many
+// bytes were dropped, and its last part (the tail): the end of a failing
+// build's output is where its errors are.
 
-func (w *capWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.total += int64(len(p))
-	if room := w.max - len(w.buf); room > 0 {
-		w.buf = append(w.buf, p[:min(room, len(p))]...)
-	}
-	return len(p), nil
+// markerFormat is the line put between the head and the tail of output that
+// did not fit; %d is the exact number of bytes dropped (written minus kept).
+const markerFormat = "\n... [gantry: %d bytes of output dropped] ...\n"
+
+// minSplitOutput is the smallest limit that keeps a head and a tail. Below
+// it the marker would take most of the room, so only the head is kept, with
+// no marker.
+const minSplitOutput = 256
+
+// tailLineSearch bounds how far into the tail a '\n' is looked for, to start
+// the tail on a line of its own (and never more than a quarter of it).
+const tailLineSearch = 512
+
+// capWriter captures a process's combined output in memory bounded by max,
+// whatever the process writes: the first headMax bytes, and the last
+// ringMax bytes after those in a ring. It counts the bytes it discards, and
+// never blocks the process on a full pipe. result assembles what it kept.
+type capWriter struct {
+	max     int // bytes of the result, marker included
+	headMax int // max/4; all of max when max < minSplitOutput (no tail)
+	ringMax int // max - headMax: output that fits is kept whole
+
+	mu    sync.Mutex // guards the fields below: Write runs on exec's copying goroutine
+	head  []byte     // the first bytes written; capacity headMax, allocated on first use
+	ring  []byte     // the last bytes written after the head; capacity ringMax, allocated on first use
+	start int        // index in ring of its oldest byte (0 until ring is full)
+	total int64      // bytes written
 }
 
 var _ io.Writer = (*capWriter)(nil)
 
-// result returns the kept output as valid UTF-8 of at most max bytes, and
-// whether anything was cut off.
+// newCapWriter returns a capWriter whose result is at most limit (> 0)
+// bytes.
+func newCapWriter(limit int) *capWriter {
+	w := &capWriter{max: limit, headMax: limit / 4}
+	if limit < minSplitOutput {
+		w.headMax = limit
+	}
+	w.ringMax = limit - w.headMax
+	return w
+}
+
+// Write keeps what belongs to the head or the tail of p and discards the
+// rest. It always consumes all of p.
+func (w *capWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := len(p)
+	w.total += int64(n)
+	if room := w.headMax - len(w.head); room > 0 {
+		if w.head == nil {
+			w.head = make([]byte, 0, w.headMax)
+		}
+		k := min(room, len(p))
+		w.head = append(w.head, p[:k]...)
+		p = p[k:]
+	}
+	if len(p) == 0 || w.ringMax == 0 {
+		return n, nil
+	}
+	if w.ring == nil {
+		w.ring = make([]byte, 0, w.ringMax)
+	}
+	if len(p) >= w.ringMax { // p alone fills the ring
+		w.ring = append(w.ring[:0], p[len(p)-w.ringMax:]...)
+		w.start = 0
+		return n, nil
+	}
+	if room := w.ringMax - len(w.ring); room > 0 {
+		k := min(room, len(p))
+		w.ring = append(w.ring, p[:k]...)
+		p = p[k:]
+	}
+	for len(p) > 0 { // the ring is full: overwrite its oldest bytes
+		k := copy(w.ring[w.start:], p)
+		p = p[k:]
+		w.start = (w.start + k) % w.ringMax
+	}
+	return n, nil
+}
+
+// result returns the output as valid UTF-8 of at most max bytes (invalid
+// bytes replaced by U+FFFD, as strings.ToValidUTF8 does), and whether
+// bytes were dropped. Output that fits is returned whole. Otherwise it is
+// the head, cut to a rune boundary, the marker line with the exact count of
+// bytes dropped, and the tail, started on a line when a '\n' is in its
+// first bytes, else on a rune; bytes skipped to do so count as dropped.
+// Below minSplitOutput only the head is kept, without marker.
 func (w *capWriter) result() (string, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	b := w.buf
-	truncated := w.total > int64(len(b))
-	if truncated {
-		b = trimPartialRune(b)
+	tail := make([]byte, 0, len(w.ring))
+	tail = append(append(tail, w.ring[w.start:]...), w.ring[:w.start]...)
+	gap := w.total - int64(len(w.head)) - int64(len(tail)) // bytes kept in neither
+	if gap == 0 {
+		whole := append(w.head[:len(w.head):len(w.head)], tail...)
+		// Replacing invalid bytes can make the text longer than the limit.
+		if s := strings.ToValidUTF8(string(whole), "\uFFFD"); len(s) <= w.max {
+			return s, false
+		}
 	}
-	s := strings.ToValidUTF8(string(b), "\uFFFD")
-	// Replacing invalid bytes can make the text longer than the limit.
-	if len(s) > w.max {
-		s, truncated = clip(s, w.max), true
+	head := w.head
+	if gap > 0 || w.ringMax > 0 {
+		head = trimPartialRune(head)
 	}
-	return s, truncated
+	if w.ringMax == 0 {
+		s, _ := validPrefix(head, w.max)
+		return s, true
+	}
+	headOut, headKept := validPrefix(head, w.headMax)
+
+	// The dropped count has no more digits than the total.
+	room := w.max - w.headMax - len(fmt.Sprintf(markerFormat, w.total))
+	t := tail[max(0, len(tail)-room):]
+	var atLine bool // t starts the output or follows a '\n'
+	switch {
+	case len(t) < len(tail):
+		atLine = tail[len(tail)-len(t)-1] == '\n'
+	case gap == 0:
+		atLine = len(w.head) == 0 || w.head[len(w.head)-1] == '\n'
+	}
+	t = t[tailStart(t, atLine, min(tailLineSearch, room/4)):]
+	tailOut, tailKept := validSuffix(t, room)
+
+	dropped := w.total - int64(headKept) - int64(tailKept)
+	return headOut + fmt.Sprintf(markerFormat, dropped) + tailOut, true
+}
+
+// tailStart returns how many leading bytes of the tail t to skip: none when
+// it already starts a line (atLine); else up to and including the first '\n'
+// among its first search bytes; else the continuation bytes of a rune cut in
+// two.
+func tailStart(t []byte, atLine bool, search int) int {
+	if atLine {
+		return 0
+	}
+	if i := bytes.IndexByte(t[:min(len(t), search)], '\n'); i >= 0 {
+		return i + 1
+	}
+	i := 0
+	for i < len(t) && i < utf8.UTFMax-1 && !utf8.RuneStart(t[i]) {
+		i++
+	}
+	return i
+}
+
+// nextPiece returns where the piece of b that starts at i ends, and its
+// length once made valid: a piece is one valid rune (kept as is) or a run of
+// invalid bytes (replaced by one U+FFFD).
+func nextPiece(b []byte, i int) (end, size int) {
+	if r, n := utf8.DecodeRune(b[i:]); r != utf8.RuneError || n > 1 {
+		return i + n, n
+	}
+	for i < len(b) {
+		if r, n := utf8.DecodeRune(b[i:]); r != utf8.RuneError || n > 1 {
+			break
+		}
+		i++
+	}
+	return i, len(string(utf8.RuneError))
+}
+
+// validPrefix returns the longest prefix of b, made valid UTF-8, that fits
+// in n bytes, and how many bytes of b it holds.
+func validPrefix(b []byte, n int) (string, int) {
+	i, size := 0, 0
+	for i < len(b) {
+		end, sz := nextPiece(b, i)
+		if size+sz > n {
+			break
+		}
+		i, size = end, size+sz
+	}
+	return strings.ToValidUTF8(string(b[:i]), "\uFFFD"), i
+}
+
+// validSuffix returns the longest suffix of b, made valid UTF-8, that fits
+// in n bytes, and how many bytes of b it holds.
+func validSuffix(b []byte, n int) (string, int) {
+	size := 0
+	for i := 0; i < len(b); {
+		end, sz := nextPiece(b, i)
+		i, size = end, size+sz
+	}
+	start := 0
+	for size > n {
+		end, sz := nextPiece(b, start)
+		start, size = end, size-sz
+	}
+	return strings.ToValidUTF8(string(b[start:]), "\uFFFD"), len(b) - start
 }
 
 // trimPartialRune drops an incomplete multi-byte sequence at the end of b,

@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -254,52 +257,269 @@ func TestRunExecPayload(t *testing.T) {
 	}
 }
 
+// marker is the line capWriter puts where it dropped n bytes.
+func marker(n int) string { return fmt.Sprintf(markerFormat, n) }
+
+// wantCapture is what capWriter must make of full (valid UTF-8) under the
+// limit, computed simply on the whole string: the head is its first
+// limit/4 bytes cut to a rune, the tail its last bytes that leave room for
+// the marker, moved on to the next line start (a '\n' among its first
+// bytes) or else to a rune start.
+func wantCapture(full string, limit int) (string, bool) {
+	if len(full) <= limit {
+		return full, false
+	}
+	if limit < minSplitOutput {
+		return clip(full, limit), true
+	}
+	head := clip(full, limit/4)
+	room := limit - limit/4 - len(marker(len(full)))
+	start := len(full) - room
+	if full[start-1] != '\n' {
+		if i := strings.IndexByte(full[start:start+min(tailLineSearch, room/4)], '\n'); i >= 0 {
+			start += i + 1
+		} else {
+			for !utf8.RuneStart(full[start]) {
+				start++
+			}
+		}
+	}
+	tail := full[start:]
+	return head + marker(len(full)-len(head)-len(tail)) + tail, true
+}
+
+var markerRE = regexp.MustCompile(`\n\.\.\. \[gantry: (\d+) bytes of output dropped\] \.\.\.\n`)
+
+// checkCapture checks what capWriter made of full (valid UTF-8) under the
+// limit against wantCapture, and the properties that make it right:
+// at most limit bytes of valid UTF-8, the whole output when it fits, else one
+// marker between a prefix and a suffix of full with the exact count of the
+// bytes between them.
+func checkCapture(t *testing.T, full string, limit int, got string, truncated bool) {
+	t.Helper()
+	if len(got) > limit {
+		t.Errorf("output is %d bytes, over the limit of %d", len(got), limit)
+	}
+	if !utf8.ValidString(got) {
+		t.Errorf("output is not valid UTF-8")
+	}
+	if want := len(full) > limit; truncated != want {
+		t.Errorf("Truncated %v, want %v (%d bytes written, limit %d)", truncated, want, len(full), limit)
+	}
+	if want, _ := wantCapture(full, limit); got != want {
+		t.Errorf("output differs from the reference (%d bytes written, limit %d):\n got %.300q\nwant %.300q", len(full), limit, got, want)
+	}
+	if !truncated || limit < minSplitOutput {
+		return
+	}
+	m := markerRE.FindAllStringSubmatchIndex(got, -1)
+	if len(m) != 1 {
+		t.Fatalf("%d marker lines in the output, want 1: %.300q", len(m), got)
+	}
+	head, tail := got[:m[0][0]], got[m[0][1]:]
+	dropped, _ := strconv.Atoi(got[m[0][2]:m[0][3]])
+	if !strings.HasPrefix(full, head) || len(head) < limit/4-utf8.UTFMax || len(head) > limit/4 {
+		t.Errorf("head (%d bytes) is not the first %d bytes of the output cut to a rune", len(head), limit/4)
+	}
+	if !strings.HasSuffix(full, tail) || len(tail) < (limit-limit/4)/2 {
+		t.Errorf("tail (%d bytes) is not a long enough end of the output", len(tail))
+	}
+	if want := len(full) - len(head) - len(tail); dropped != want {
+		t.Errorf("marker says %d bytes dropped, want %d", dropped, want)
+	}
+}
+
 func TestRunExecOutputLimit(t *testing.T) {
+	// huge is about 10 MiB of numbered lines with multi-byte runes, which
+	// the awk script writes in pieces of odd sizes (it flushes every 7 lines).
+	var huge strings.Builder
+	const pad = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	hugeLines := 0
+	for ; huge.Len() < 10<<20; hugeLines++ {
+		fmt.Fprintf(&huge, "%d é€😀 %s\n", hugeLines, pad[:hugeLines%61])
+	}
+	hugeScript := fmt.Sprintf(`awk -v n=%d -v s=%s 'BEGIN { for (i = 0; i < n; i++) { printf "%%d é€😀 %%s\n", i, substr(s, 1, i %% 61); if (i %% 7 == 0) fflush() } }'`, hugeLines, pad)
+
+	var lines strings.Builder
+	for i := 0; i < 40; i++ {
+		fmt.Fprintf(&lines, "line %d\n", i)
+	}
+	a := func(n int) string { return strings.Repeat("a", n) }
 	tests := []struct {
-		name          string
-		script        string
-		max           int
-		want          string // checked when wantLen is 0
-		wantLen       int
-		wantTruncated bool
+		name      string
+		script    string // run by sh; empty means cat given full on stdin
+		max       int
+		full      string // what the process writes (valid UTF-8; checked with checkCapture)
+		want      string // when not empty: the exact output (full is then not needed)
+		truncated bool   // checked with want
+		lineTail  bool   // the tail must start a line
 	}{
-		{name: "default limit", script: `head -c 200000 /dev/zero | tr '\0' a`, wantLen: api.MaxOutputBytes, wantTruncated: true},
-		{name: "large output does not block", script: `yes | head -c 5000000; echo end`, max: 10, want: "y\ny\ny\ny\ny\n", wantTruncated: true},
-		{name: "exactly the limit", script: `printf abcde`, max: 5, want: "abcde"},
-		{name: "one byte over", script: `printf abcdef`, max: 5, want: "abcde", wantTruncated: true},
-		{name: "cut inside a 2-byte rune", script: `printf 'aa\303\251'`, max: 3, want: "aa", wantTruncated: true},
-		{name: "cut after a 2-byte rune", script: `printf 'a\303\251b'`, max: 3, want: "aé", wantTruncated: true},
-		{name: "cut after 1 byte of a 3-byte rune", script: `printf 'a\342\202\254\342\202\254'`, max: 5, want: "a€", wantTruncated: true},
-		{name: "cut after 2 bytes of a 3-byte rune", script: `printf 'a\342\202\254\342\202\254'`, max: 6, want: "a€", wantTruncated: true},
-		{name: "cut after a 4-byte rune", script: `printf '\360\237\230\200\360\237\230\200'`, max: 7, want: "😀", wantTruncated: true},
-		{name: "invalid UTF-8 replaced", script: `printf '\377\376ok\200'`, max: 100, want: "\uFFFDok\uFFFD"},
-		{name: "replacement keeps the limit", script: `printf '\377a\377a\377a\377a'`, max: 8, want: "\uFFFDa\uFFFDa", wantTruncated: true},
+		{name: "under the limit", max: 256, full: "hello\nworld é€😀\n"},
+		{name: "exactly the limit", script: `head -c 255 /dev/zero | tr '\0' a; echo`, max: 256, full: a(255) + "\n"},
+		{name: "exactly the default limit", script: `head -c 65536 /dev/zero | tr '\0' a`, full: a(65536)},
+		// 257 bytes: head 64, room for the marker 47 (3 digits), tail 145.
+		{name: "one byte over", max: 256, full: a(257), want: a(64) + marker(48) + a(145), truncated: true},
+		// 65537 bytes: head 16384, room for the marker 49, tail 49103.
+		{name: "one byte over the default limit", script: `head -c 65537 /dev/zero | tr '\0' a`, full: a(65537),
+			want: a(16384) + marker(50) + a(49103), truncated: true},
+		{name: "tail starts on a line", script: `i=0; while [ $i -lt 40 ]; do echo "line $i"; i=$((i+1)); done`, max: 256,
+			full: lines.String(), lineTail: true},
+		{name: "huge output keeps the first bytes and the last lines", script: hugeScript, full: huge.String(), lineTail: true},
+		// Head cut inside é (bytes 63-64), tail start inside a € (3rd byte, skipped).
+		{name: "2- and 3-byte runes at the cuts", max: 256, full: a(63) + "é" + strings.Repeat("€", 100),
+			want: a(63) + marker(158) + strings.Repeat("€", 48), truncated: true},
+		// Head cut after 3 bytes of a 😀, tail start at the 4th byte of one.
+		{name: "4-byte runes at the cuts", max: 256, full: "x" + strings.Repeat("😀", 100),
+			want: "x" + strings.Repeat("😀", 15) + marker(196) + strings.Repeat("😀", 36), truncated: true},
+		// Tail start at the 2nd byte of a 😀: its 3 continuation bytes are
+		// skipped, not shown as U+FFFD.
+		{name: "tail cut after 1 byte of a 4-byte rune", max: 256, full: strings.Repeat("😀", 100) + "ab",
+			want: strings.Repeat("😀", 16) + marker(196) + strings.Repeat("😀", 35) + "ab", truncated: true},
+		// Each \377 becomes a 3-byte U+FFFD: head 16 pairs (32 bytes
+		// written, 64 kept), tail "a" and 36 pairs (73 written, 145 kept).
+		{name: "invalid UTF-8 over the limit", script: `i=0; while [ $i -lt 150 ]; do printf '\377a'; i=$((i+1)); done`, max: 256,
+			want: strings.Repeat("\uFFFDa", 16) + marker(195) + "a" + strings.Repeat("\uFFFDa", 36), truncated: true},
+		{name: "invalid UTF-8 replaced", script: `printf '\377\376ok\200'`, max: 256, want: "\uFFFDok\uFFFD"},
+
+		// Below minSplitOutput only the head is kept, without a marker.
+		{name: "small limit: large output does not block", script: `yes | head -c 5000000; echo end`, max: 10, want: "y\ny\ny\ny\ny\n", truncated: true},
+		{name: "small limit: exactly the limit", script: `printf abcde`, max: 5, want: "abcde"},
+		{name: "small limit: one byte over", script: `printf abcdef`, max: 5, want: "abcde", truncated: true},
+		{name: "small limit: cut inside a 2-byte rune", script: `printf 'aa\303\251'`, max: 3, want: "aa", truncated: true},
+		{name: "small limit: cut after a 2-byte rune", script: `printf 'a\303\251b'`, max: 3, want: "aé", truncated: true},
+		{name: "small limit: cut after 1 byte of a 3-byte rune", script: `printf 'a\342\202\254\342\202\254'`, max: 5, want: "a€", truncated: true},
+		{name: "small limit: cut after 2 bytes of a 3-byte rune", script: `printf 'a\342\202\254\342\202\254'`, max: 6, want: "a€", truncated: true},
+		{name: "small limit: cut after a 4-byte rune", script: `printf '\360\237\230\200\360\237\230\200'`, max: 7, want: "😀", truncated: true},
+		{name: "small limit: replacement keeps the limit", script: `printf '\377a\377a\377a\377a'`, max: 8, want: "\uFFFDa\uFFFDa", truncated: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res := RunExec(context.Background(), assignment(shell(tt.script)...), ExecConfig{MaxOutput: tt.max})
+			var at api.Assignment
+			if tt.script != "" {
+				at = assignment(shell(tt.script)...)
+			} else {
+				at = assignment("cat")
+				p, err := json.Marshal(tt.full)
+				if err != nil {
+					t.Fatal(err)
+				}
+				at.Payload = p
+			}
+			res := RunExec(context.Background(), at, ExecConfig{MaxOutput: tt.max})
 			if res.Outcome != api.OutcomeSucceeded {
 				t.Fatalf("outcome %q, error %q", res.Outcome, res.Error)
-			}
-			if res.Truncated != tt.wantTruncated {
-				t.Errorf("Truncated %v, want %v", res.Truncated, tt.wantTruncated)
-			}
-			if !utf8.ValidString(res.Output) {
-				t.Errorf("output %q is not valid UTF-8", res.Output)
 			}
 			limit := tt.max
 			if limit == 0 {
 				limit = api.MaxOutputBytes
 			}
-			if len(res.Output) > limit {
-				t.Errorf("output is %d bytes, over the limit of %d", len(res.Output), limit)
-			}
-			if tt.wantLen != 0 {
-				if len(res.Output) != tt.wantLen || strings.Trim(res.Output, "a") != "" {
-					t.Errorf("output is %d bytes (%.20q...), want %d bytes of a", len(res.Output), res.Output, tt.wantLen)
+			if tt.want != "" {
+				if res.Output != tt.want || res.Truncated != tt.truncated {
+					t.Errorf("output %.300q (Truncated %v), want %.300q (Truncated %v)", res.Output, res.Truncated, tt.want, tt.truncated)
 				}
-			} else if res.Output != tt.want {
-				t.Errorf("output %q, want %q", res.Output, tt.want)
+				if len(res.Output) > limit {
+					t.Errorf("output is %d bytes, over the limit of %d", len(res.Output), limit)
+				}
+			}
+			if tt.full != "" {
+				checkCapture(t, tt.full, limit, res.Output, res.Truncated)
+			}
+			if tt.lineTail {
+				m := markerRE.FindStringIndex(res.Output)
+				if m == nil {
+					t.Fatal("no marker in the output")
+				}
+				tail := res.Output[m[1]:]
+				if i := len(tt.full) - len(tail); !strings.HasSuffix(tt.full, tail) || tt.full[i-1] != '\n' {
+					t.Errorf("tail %.40q... does not start a line of the output", tail)
+				}
+				lastLines := tt.full[strings.LastIndex(tt.full[:len(tt.full)-len(tail)/2], "\n")+1:]
+				if !strings.HasSuffix(res.Output, lastLines) {
+					t.Errorf("output does not end with the last lines written, %.40q...", lastLines)
+				}
+			}
+		})
+	}
+}
+
+// randomOutput returns valid UTF-8 of n bytes (n >= 0) made of ASCII and
+// multi-byte runes, in lines of random lengths unless noLines.
+func randomOutput(rng *rand.Rand, n int, noLines bool) string {
+	pieces := []string{"a", "b", " ", "é", "€", "😀", strings.Repeat("z", 700)}
+	if !noLines {
+		pieces = append(pieces, "\n", "ok\n", "error: x\n")
+	}
+	var b strings.Builder
+	for b.Len() < n-utf8.UTFMax {
+		p := pieces[rng.IntN(len(pieces))]
+		if b.Len()+len(p) > n {
+			p = "c"
+		}
+		b.WriteString(p)
+	}
+	for b.Len() < n {
+		b.WriteByte('d')
+	}
+	return b.String()
+}
+
+func TestCapWriter_MatchesReference(t *testing.T) {
+	for seed := uint64(1); seed <= 300; seed++ {
+		rng := rand.New(rand.NewPCG(seed, 0))
+		limit := []int{1, 7, minSplitOutput - 1, minSplitOutput, 257, 1000, 4096, 65536}[rng.IntN(8)]
+		var n int
+		switch rng.IntN(4) {
+		case 0:
+			n = limit - 1 + rng.IntN(3) // at the limit, one under or over
+		case 1:
+			n = rng.IntN(limit + 1)
+		default:
+			n = limit + rng.IntN(4*limit+2000)
+		}
+		full := randomOutput(rng, n, rng.IntN(4) == 0)
+		t.Run(fmt.Sprintf("seed %d limit %d len %d", seed, limit, n), func(t *testing.T) {
+			w := newCapWriter(limit)
+			for rest := full; rest != ""; {
+				k := min(len(rest), 1+rng.IntN([]int{3, 100, 2 * limit}[rng.IntN(3)]))
+				if k, err := w.Write([]byte(rest[:k])); err != nil || k == 0 {
+					t.Fatalf("Write = %d, %v", k, err)
+				}
+				rest = rest[k:]
+			}
+			got, truncated := w.result()
+			checkCapture(t, full, limit, got, truncated)
+		})
+	}
+}
+
+func TestCapWriter_MemoryBounded(t *testing.T) {
+	tests := []struct {
+		name  string
+		max   int
+		chunk int
+	}{
+		{name: "default limit, small writes", max: api.MaxOutputBytes, chunk: 1001},
+		{name: "default limit, writes larger than the ring", max: api.MaxOutputBytes, chunk: 100_003},
+		{name: "small limit", max: minSplitOutput, chunk: 37},
+		{name: "head only", max: 10, chunk: 4097},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newCapWriter(tt.max)
+			chunk := []byte(strings.Repeat("x", tt.chunk-1) + "\n")
+			var total int
+			for total < 10<<20 {
+				if n, _ := w.Write(chunk); n != len(chunk) {
+					t.Fatalf("Write = %d, want %d", n, len(chunk))
+				}
+				total += len(chunk)
+			}
+			if held := cap(w.head) + cap(w.ring); held > tt.max {
+				t.Errorf("holds %d bytes after %d written, over the limit of %d", held, total, tt.max)
+			}
+			got, truncated := w.result()
+			if !truncated || len(got) > tt.max {
+				t.Errorf("result is %d bytes (Truncated %v), want at most %d and truncated", len(got), truncated, tt.max)
 			}
 		})
 	}
