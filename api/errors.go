@@ -38,10 +38,12 @@ const (
 	CodeNotFound     = "not_found"
 	CodeConflict     = "conflict"
 	CodeStaleAttempt = "stale_attempt"
-	CodeNoLeader     = "no_leader"
-	CodeNotLeader    = "not_leader"
-	CodeUnavailable  = "unavailable"
-	CodeInternal     = "internal"
+	// CodeIdempotencyConflict: an idempotency key reused with another task.
+	CodeIdempotencyConflict = "idempotency_key_conflict"
+	CodeNoLeader            = "no_leader"
+	CodeNotLeader           = "not_leader"
+	CodeUnavailable         = "unavailable"
+	CodeInternal            = "internal"
 )
 
 // The sentinel errors. Compare with errors.Is; build specific ones with
@@ -52,10 +54,13 @@ var (
 	ErrNotFound     = &Error{Code: CodeNotFound, Status: http.StatusNotFound, Message: "not found"}
 	ErrConflict     = &Error{Code: CodeConflict, Status: http.StatusConflict, Message: "conflict"}
 	ErrStaleAttempt = &Error{Code: CodeStaleAttempt, Status: http.StatusConflict, Message: "stale attempt"}
-	ErrNoLeader     = &Error{Code: CodeNoLeader, Status: http.StatusServiceUnavailable, Message: "no leader"}
-	ErrNotLeader    = &Error{Code: CodeNotLeader, Status: http.StatusServiceUnavailable, Message: "not the leader"}
-	ErrUnavailable  = &Error{Code: CodeUnavailable, Status: http.StatusServiceUnavailable, Message: "unavailable"}
-	ErrInternal     = &Error{Code: CodeInternal, Status: http.StatusInternalServerError, Message: "internal error"}
+	// ErrIdempotencyConflict is 422, as the IETF Idempotency-Key draft
+	// asks for a key reused with a different request.
+	ErrIdempotencyConflict = &Error{Code: CodeIdempotencyConflict, Status: http.StatusUnprocessableEntity, Message: "idempotency key conflict"}
+	ErrNoLeader            = &Error{Code: CodeNoLeader, Status: http.StatusServiceUnavailable, Message: "no leader"}
+	ErrNotLeader           = &Error{Code: CodeNotLeader, Status: http.StatusServiceUnavailable, Message: "not the leader"}
+	ErrUnavailable         = &Error{Code: CodeUnavailable, Status: http.StatusServiceUnavailable, Message: "unavailable"}
+	ErrInternal            = &Error{Code: CodeInternal, Status: http.StatusInternalServerError, Message: "internal error"}
 )
 
 // BadRequest returns a 400 error naming field.
@@ -91,6 +96,14 @@ func Stalef(format string, args ...any) *Error {
 	return &Error{Code: CodeStaleAttempt, Status: http.StatusConflict, Message: fmt.Sprintf(format, args...)}
 }
 
+// IdempotencyConflict returns the 422 for a key (in field, e.g.
+// "idempotency_key" or "tasks[3].idempotency_key") that names task id,
+// submitted with another spec.
+func IdempotencyConflict(field, key, id string) *Error {
+	return &Error{Code: CodeIdempotencyConflict, Status: http.StatusUnprocessableEntity, Field: field,
+		Message: fmt.Sprintf("%s: the key %q was used for task %s with a different request; use a new key for a new task", field, key, id)}
+}
+
 // Unavailablef returns a 503 error with the given code (CodeNoLeader,
 // CodeNotLeader or CodeUnavailable).
 func Unavailablef(code, format string, args ...any) *Error {
@@ -110,7 +123,7 @@ func StatusOf(err error) int {
 // StatusCode returns the HTTP status that carries code, for errors decoded
 // from a body whose status line was lost.
 func StatusCode(code string) int {
-	for _, s := range []*Error{ErrBadRequest, ErrTooLarge, ErrNotFound, ErrConflict, ErrStaleAttempt, ErrNoLeader, ErrNotLeader, ErrUnavailable} {
+	for _, s := range []*Error{ErrBadRequest, ErrTooLarge, ErrNotFound, ErrConflict, ErrStaleAttempt, ErrIdempotencyConflict, ErrNoLeader, ErrNotLeader, ErrUnavailable} {
 		if s.Code == code {
 			return s.Status
 		}

@@ -1,7 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -74,6 +77,21 @@ type TaskSpec struct {
 	MaxAttempts    int               `json:"max_attempts,omitempty"`
 	Priority       int               `json:"priority,omitempty"`
 	IdempotencyKey string            `json:"idempotency_key,omitempty"`
+	// NoRetryExitCodes lists exit codes that end the task at once instead
+	// of being retried (Asynq's SkipRetry). Nil means the cluster's default
+	// (126 and 127: the program cannot run, or was not found); an empty
+	// list retries every failure.
+	NoRetryExitCodes []int `json:"no_retry_exit_codes,omitzero"`
+}
+
+// Equal reports whether s and o are the same submission: every field,
+// once both are normalized. A key reused with a spec that is not Equal is
+// an idempotency key conflict.
+func (s *TaskSpec) Equal(o *TaskSpec) bool {
+	return s.Type == o.Type && slices.Equal(s.Args, o.Args) && bytes.Equal(s.Payload, o.Payload) &&
+		maps.Equal(s.Env, o.Env) && s.Timeout == o.Timeout && s.MaxAttempts == o.MaxAttempts &&
+		s.Priority == o.Priority && s.IdempotencyKey == o.IdempotencyKey &&
+		(s.NoRetryExitCodes == nil) == (o.NoRetryExitCodes == nil) && slices.Equal(s.NoRetryExitCodes, o.NoRetryExitCodes)
 }
 
 // Result is the outcome of the attempt that ended the task (or of the latest
@@ -93,6 +111,12 @@ type AttemptRecord struct {
 	StartedAt  time.Time `json:"started_at"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 	Error      string    `json:"error,omitempty"`
+	// ExitCode and Output are kept for attempts that ended with a result
+	// (output: its last MaxAttemptOutputBytes), so that a retried task's
+	// earlier failures can be read; the task's Result has the last one in
+	// full.
+	ExitCode int    `json:"exit_code,omitempty"`
+	Output   string `json:"output,omitempty"`
 }
 
 // Task is a submitted task and everything the cluster knows about it.
@@ -106,6 +130,8 @@ type Task struct {
 	MaxAttempts    int               `json:"max_attempts"`
 	Priority       int               `json:"priority"`
 	IdempotencyKey string            `json:"idempotency_key,omitempty"`
+	// NoRetryExitCodes as submitted; nil means the cluster's default.
+	NoRetryExitCodes []int `json:"no_retry_exit_codes,omitzero"`
 
 	State      TaskState `json:"state"`
 	Attempt    int       `json:"attempt"`          // number of the current or last attempt; 0 before the first dispatch
@@ -119,6 +145,15 @@ type Task struct {
 	Result     *Result   `json:"result,omitempty"`
 
 	Attempts []AttemptRecord `json:"attempts"`
+}
+
+// Spec returns what was submitted of t, normalized.
+func (t *Task) Spec() TaskSpec {
+	return TaskSpec{
+		Type: t.Type, Args: t.Args, Payload: t.Payload, Env: t.Env, Timeout: t.Timeout,
+		MaxAttempts: t.MaxAttempts, Priority: t.Priority, IdempotencyKey: t.IdempotencyKey,
+		NoRetryExitCodes: t.NoRetryExitCodes,
+	}
 }
 
 // TimeoutDuration returns the task's timeout, or DefaultTimeout when unset or
@@ -142,10 +177,13 @@ type BatchResponse struct {
 }
 
 // SubmitResult is what a submission produced: the task, and whether it
-// already existed under the same idempotency key.
+// already existed under the same idempotency key. Conflict is set when that
+// key's task was submitted with another spec: the submission is refused,
+// Task is the existing one.
 type SubmitResult struct {
 	Task     Task
 	Existing bool
+	Conflict bool
 }
 
 // TaskList is one page of GET /v1/tasks. Next is the cursor for the following
@@ -236,6 +274,10 @@ type WorkerStatus struct {
 	Slots    int    `json:"slots"`
 	Running  int    `json:"running"`
 	Draining bool   `json:"draining,omitempty"`
+	// Name is the name of the container the worker runs in, when the
+	// leader's container runtime knows it (a compose-started worker's ID is
+	// its container's short ID; a managed worker's ID is its name).
+	Name string `json:"name,omitempty"`
 }
 
 // TaskCounts counts tasks by state.
@@ -356,6 +398,21 @@ type ScaleStatus struct {
 	Orphans     []string              `json:"orphans,omitempty"` // containers of this cluster no record accounts for
 	LastError   string                `json:"last_error,omitempty"`
 	LastErrorAt time.Time             `json:"last_error_at,omitzero"`
+	// ScaleUp is the leader's last scale-up check in auto mode.
+	ScaleUp *ScaleUpCheck `json:"scale_up,omitempty"`
+}
+
+// ScaleUpCheck says why the leader added fewer workers than the policy
+// asks for: a new container helps only with work still queued when it has
+// started, so the backlog is projected over the observed start time at the
+// observed completion rate.
+type ScaleUpCheck struct {
+	PolicyDesired int     `json:"policy_desired"` // what the policy wants for the backlog
+	Needed        int     `json:"needed"`         // what the projected backlog needs
+	Active        int     `json:"active"`         // managed workers creating or running
+	DrainRate     float64 `json:"drain_rate"`     // tasks finished per second of busy time; -1 before one was measured
+	StartSeconds  float64 `json:"start_seconds"`  // how long a new container takes to take work
+	StartObserved bool    `json:"start_observed"` // measured on this leader's containers, not assumed
 }
 
 // Digest summarizes one master's replica: equal digests at equal applied

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -14,19 +15,21 @@ import (
 // documented in docs/API.md; anything past them is a 400 (or 413 for whole
 // bodies) naming the field.
 const (
-	MaxRequestBytes      = 1 << 20  // body of POST /v1/tasks and of other single requests
-	MaxBatchRequestBytes = 16 << 20 // body of POST /v1/tasks/batch
-	MaxBatchTasks        = 1000     // tasks in one batch
-	MaxArgs              = 256      // elements of args
-	MaxArgsBytes         = 64 << 10 // all args together
-	MaxEnvVars           = 128      // entries of env
-	MaxEnvBytes          = 32 << 10 // all env keys and values together
-	MaxPayloadBytes      = 256 << 10
-	MaxIdempotencyKeyLen = 256
-	MaxOutputBytes       = 64 << 10 // combined stdout+stderr kept per attempt
-	MaxErrorLen          = 4 << 10  // error text kept per attempt
-	MaxTaskIDLen         = 64
-	MaxWorkerIDLen       = 128
+	MaxRequestBytes       = 1 << 20  // body of POST /v1/tasks and of other single requests
+	MaxBatchRequestBytes  = 16 << 20 // body of POST /v1/tasks/batch
+	MaxBatchTasks         = 1000     // tasks in one batch
+	MaxArgs               = 256      // elements of args
+	MaxArgsBytes          = 64 << 10 // all args together
+	MaxEnvVars            = 128      // entries of env
+	MaxEnvBytes           = 32 << 10 // all env keys and values together
+	MaxPayloadBytes       = 256 << 10
+	MaxIdempotencyKeyLen  = 256
+	MaxNoRetryExitCodes   = 64       // entries of no_retry_exit_codes
+	MaxAttemptOutputBytes = 4 << 10  // output kept in the history of each attempt (the last bytes)
+	MaxOutputBytes        = 64 << 10 // combined stdout+stderr kept per attempt
+	MaxErrorLen           = 4 << 10  // error text kept per attempt
+	MaxTaskIDLen          = 64
+	MaxWorkerIDLen        = 128
 
 	MinTimeout     = 100 * time.Millisecond
 	MaxTimeout     = 7 * 24 * time.Hour
@@ -127,13 +130,28 @@ func (s *TaskSpec) Normalize(prefix string) error {
 		}
 		s.Timeout = d.String()
 	}
+	// An absent max_attempts is 0 here and means the default; an explicit
+	// 0 is refused by the request decoder, which sees the difference.
 	switch {
 	case s.MaxAttempts < 0:
-		return BadRequest(f("max_attempts"), "must not be negative")
+		return BadRequest(f("max_attempts"), "%d is out of range [1, %d]", s.MaxAttempts, MaxMaxAttempts)
 	case s.MaxAttempts == 0:
 		s.MaxAttempts = DefaultMaxAttempts
 	case s.MaxAttempts > MaxMaxAttempts:
-		return BadRequest(f("max_attempts"), "%d exceeds the limit of %d", s.MaxAttempts, MaxMaxAttempts)
+		return BadRequest(f("max_attempts"), "%d is out of range [1, %d]", s.MaxAttempts, MaxMaxAttempts)
+	}
+	if s.NoRetryExitCodes != nil {
+		if len(s.NoRetryExitCodes) > MaxNoRetryExitCodes {
+			return BadRequest(f("no_retry_exit_codes"), "has %d codes; the limit is %d", len(s.NoRetryExitCodes), MaxNoRetryExitCodes)
+		}
+		codes := slices.Clone(s.NoRetryExitCodes)
+		for _, c := range codes {
+			if c < 1 || c > 255 {
+				return BadRequest(f("no_retry_exit_codes"), "%d is not an exit code of a failure (1 to 255)", c)
+			}
+		}
+		slices.Sort(codes)
+		s.NoRetryExitCodes = slices.Compact(codes)
 	}
 	if s.Priority < MinPriority || s.Priority > MaxPriority {
 		return BadRequest(f("priority"), "%d is out of range [%d, %d]", s.Priority, MinPriority, MaxPriority)
@@ -244,6 +262,11 @@ func Backoff(base time.Duration, failures int) time.Duration {
 	}
 	return d
 }
+
+// DefaultNoRetryExitCodes are the exit codes that end a task at once when
+// its spec names none: a shell's 126 (found but cannot run) and 127 (not
+// found). Retrying cannot make a missing program appear.
+var DefaultNoRetryExitCodes = []int{126, 127}
 
 // MaxLostAttempts is how many attempts a task may lose with their workers
 // before it fails as poison.

@@ -37,9 +37,14 @@ import (
 // Decoding checks every length against the bytes left, so a corrupt entry
 // is an error and never a panic or a huge allocation. JSON entries stay
 // readable forever: a log may mix both.
+//
+// Version 2 (entry format ProtoNoRetry) adds, at the end of each spec, its
+// no_retry_exit_codes (a list of varints, 0 for nil), and after a result
+// entry's backoff base the entry's default no-retry codes and KeepOutput.
+// Version 1 entries decode as before, with those fields zero.
 const (
 	binaryFlag    = 0x80
-	binaryVersion = 1
+	binaryVersion = 2
 )
 
 // ProtoBinary is the entry format that added the binary encoding.
@@ -61,8 +66,12 @@ func EncodeFormat(e Entry, format int) ([]byte, error) {
 	if format < ProtoBinary || !hasBinary(e.Type()) {
 		return Encode(e)
 	}
-	w := benc{b: make([]byte, 0, 256)}
-	w.b = append(w.b, byte(e.Type())|binaryFlag, binaryVersion)
+	version := byte(binaryVersion)
+	if format < ProtoNoRetry {
+		version = 1
+	}
+	w := benc{b: make([]byte, 0, 256), version: version}
+	w.b = append(w.b, byte(e.Type())|binaryFlag, version)
 	switch e := e.(type) {
 	case *SubmitEntry:
 		w.time(e.At)
@@ -82,6 +91,12 @@ func EncodeFormat(e Entry, format int) ([]byte, error) {
 	case *ResultEntry:
 		w.time(e.At)
 		w.int(int64(e.BackoffBase))
+		if version >= 2 {
+			w.ints(e.NoRetryExitCodes)
+			w.int(int64(e.KeepOutput))
+		} else if e.NoRetryExitCodes != nil || e.KeepOutput != 0 {
+			w.fail("no_retry_exit_codes and keep_output need binary version 2")
+		}
 		w.count(len(e.Results), e.Results == nil)
 		for i := range e.Results {
 			w.result(&e.Results[i])
@@ -98,8 +113,9 @@ func EncodeFormat(e Entry, format int) ([]byte, error) {
 // decodeBinary parses the body (after the type byte) of a binary entry.
 func decodeBinary(t EntryType, body []byte) (Entry, error) {
 	r := bdec{b: body}
-	if v := r.byte(); r.err == nil && v != binaryVersion {
-		return nil, fmt.Errorf("%w: %s: unknown binary version %d", ErrCorruptEntry, t, v)
+	r.version = r.byte()
+	if r.err == nil && (r.version < 1 || r.version > binaryVersion) {
+		return nil, fmt.Errorf("%w: %s: unknown binary version %d", ErrCorruptEntry, t, r.version)
 	}
 	var e Entry
 	switch t {
@@ -126,6 +142,10 @@ func decodeBinary(t EntryType, body []byte) (Entry, error) {
 		e = a
 	case EntryResult:
 		res := &ResultEntry{At: r.time(), BackoffBase: time.Duration(r.int())}
+		if r.version >= 2 {
+			res.NoRetryExitCodes = r.ints()
+			res.KeepOutput = r.intv()
+		}
 		if n, ok := r.count(10); ok { // the smallest result is 10 bytes
 			res.Results = make([]api.AttemptResult, n)
 			for i := range res.Results {
@@ -145,10 +165,25 @@ func decodeBinary(t EntryType, body []byte) (Entry, error) {
 	return e, nil
 }
 
-// benc appends binary fields; err holds the first value it cannot write.
+// benc appends binary fields of one version; err holds the first value it
+// cannot write.
 type benc struct {
-	b   []byte
-	err error
+	b       []byte
+	version byte
+	err     error
+}
+
+func (w *benc) fail(format string, args ...any) {
+	if w.err == nil {
+		w.err = fmt.Errorf(format, args...)
+	}
+}
+
+func (w *benc) ints(v []int) {
+	w.count(len(v), v == nil)
+	for _, x := range v {
+		w.int(int64(x))
+	}
 }
 
 func (w *benc) uint(v uint64) { w.b = binary.AppendUvarint(w.b, v) }
@@ -261,6 +296,11 @@ func (w *benc) specs(specs []api.TaskSpec) {
 		w.int(int64(s.MaxAttempts))
 		w.int(int64(s.Priority))
 		w.str(s.IdempotencyKey)
+		if w.version >= 2 {
+			w.ints(s.NoRetryExitCodes)
+		} else if s.NoRetryExitCodes != nil {
+			w.fail("no_retry_exit_codes needs binary version 2")
+		}
 	}
 }
 
@@ -277,11 +317,25 @@ func (w *benc) result(x *api.AttemptResult) {
 	w.time(x.FinishedAt)
 }
 
-// bdec reads binary fields. The first error sticks: every later read
-// returns a zero value, and the caller checks err once at the end.
+// bdec reads binary fields of one version. The first error sticks: every
+// later read returns a zero value, and the caller checks err once at the
+// end.
 type bdec struct {
-	b   []byte
-	err error
+	b       []byte
+	version byte
+	err     error
+}
+
+func (r *bdec) ints() []int {
+	n, ok := r.count(1)
+	if !ok {
+		return nil
+	}
+	v := make([]int, n)
+	for i := range v {
+		v[i] = r.intv()
+	}
+	return v
 }
 
 func (r *bdec) fail(format string, args ...any) {
@@ -466,6 +520,9 @@ func (r *bdec) specs() []api.TaskSpec {
 		s.MaxAttempts = r.intv()
 		s.Priority = r.intv()
 		s.IdempotencyKey = r.str()
+		if r.version >= 2 {
+			s.NoRetryExitCodes = r.ints()
+		}
 	}
 	return specs
 }

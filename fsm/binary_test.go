@@ -13,11 +13,17 @@ import (
 	"github.com/gantryhq/gantry/api"
 )
 
+// mustEncodeBinary encodes e in the newest binary version.
 func mustEncodeBinary(t testing.TB, e Entry) []byte {
 	t.Helper()
-	b, err := EncodeFormat(e, ProtoBinary)
+	return mustEncodeFormat(t, e, Proto)
+}
+
+func mustEncodeFormat(t testing.TB, e Entry, format int) []byte {
+	t.Helper()
+	b, err := EncodeFormat(e, format)
 	if err != nil {
-		t.Fatalf("encode %T: %v", e, err)
+		t.Fatalf("encode %T in format %d: %v", e, format, err)
 	}
 	return b
 }
@@ -77,9 +83,54 @@ func TestBinary_GoldenBytes(t *testing.T) {
 		"00" + // payload nil
 		"03" + "0141" + "0131" + "0142" + "0132" + // env, keys sorted
 		"023173" + "06" + "01" + "016b" // timeout "1s", max_attempts 3, priority -1, key "k"
-	b := mustEncodeBinary(t, e)
+	b := mustEncodeFormat(t, e, ProtoBinary)
 	if got := hex.EncodeToString(b); got != want {
 		t.Fatalf("bytes\n got %s\nwant %s", got, want)
+	}
+	// Version 2 appends each spec's no-retry codes, and puts the entry's
+	// default codes and kept output after a result entry's backoff base.
+	e.Tasks[0].NoRetryExitCodes = []int{2, 64}
+	const want2 = "8102" + "01" + "80c49fd50c" + "05" + "02" + "0465786563" + "02" + "0474727565" + "00" +
+		"03" + "0141" + "0131" + "0142" + "0132" + "023173" + "06" + "01" + "016b" +
+		"03" + "04" + "8001" // no_retry_exit_codes [2, 64]
+	if got := hex.EncodeToString(mustEncodeFormat(t, e, ProtoNoRetry)); got != want2 {
+		t.Fatalf("version 2 bytes\n got %s\nwant %s", got, want2)
+	}
+	r := &ResultEntry{At: time.Unix(1700000000, 5).UTC(), BackoffBase: time.Second, NoRetryExitCodes: []int{126, 127}, KeepOutput: 4096, Results: []api.AttemptResult{}}
+	const wantResult = "8302" + "01" + "80c49fd50c" + "05" + "80a8d6b907" + // backoff 1s
+		"03" + "fc01" + "fe01" + // no_retry_exit_codes [126, 127]
+		"8040" + // keep_output 4096
+		"01" // no results
+	if got := hex.EncodeToString(mustEncodeFormat(t, r, ProtoNoRetry)); got != wantResult {
+		t.Fatalf("version 2 result bytes\n got %s\nwant %s", got, wantResult)
+	}
+}
+
+// Version 1 (entry format 3) cannot carry the fields version 2 added: the
+// leader must not lose them silently, so encoding refuses them.
+func TestBinary_Version1RefusesNewerFields(t *testing.T) {
+	for _, e := range []Entry{
+		&SubmitEntry{At: t0, Tasks: []api.TaskSpec{{Args: []string{"x"}, NoRetryExitCodes: []int{}}}},
+		&SubmitAssignEntry{At: t0, Tasks: []api.TaskSpec{{Args: []string{"x"}, NoRetryExitCodes: []int{3}}}, Workers: []string{""}},
+		&ResultEntry{At: t0, NoRetryExitCodes: []int{126}},
+		&ResultEntry{At: t0, KeepOutput: 1},
+	} {
+		if b, err := EncodeFormat(e, ProtoBinary); err == nil || !strings.Contains(err.Error(), "version 2") {
+			t.Errorf("%s in format %d: %x, %v; want a refusal", e.Type(), ProtoBinary, b, err)
+		}
+		got, err := Decode(mustEncodeFormat(t, e, ProtoNoRetry))
+		if err != nil || !reflect.DeepEqual(got, e) {
+			t.Errorf("%s in format %d: %#v, %v", e.Type(), ProtoNoRetry, got, err)
+		}
+	}
+	// Version 1 entries still decode, with the new fields zero.
+	e := &ResultEntry{At: t0, BackoffBase: time.Second, Results: []api.AttemptResult{{TaskID: "t", Attempt: 1, Worker: "w", Outcome: api.OutcomeFailed, ExitCode: 127}}}
+	b := mustEncodeFormat(t, e, ProtoBinary)
+	if b[1] != 1 {
+		t.Fatalf("format %d wrote version %d", ProtoBinary, b[1])
+	}
+	if got, err := Decode(b); err != nil || !reflect.DeepEqual(got, e) {
+		t.Fatalf("version 1: %#v, %v", got, err)
 	}
 }
 
@@ -87,7 +138,8 @@ func TestBinary_KeepsNilAndEmptyApart(t *testing.T) {
 	e := &SubmitAssignEntry{At: t0, Tasks: []api.TaskSpec{
 		{Args: nil, Payload: nil, Env: nil},
 		{Args: []string{}, Payload: json.RawMessage{}, Env: map[string]string{}},
-		{Args: []string{""}, Payload: json.RawMessage(`null`), Env: map[string]string{"": ""}},
+		{Args: []string{""}, Payload: json.RawMessage(`null`), Env: map[string]string{"": ""}, NoRetryExitCodes: []int{}},
+		{Args: []string{"x"}, NoRetryExitCodes: nil},
 	}, Workers: []string{}}
 	got, err := Decode(mustEncodeBinary(t, e))
 	if err != nil {
@@ -230,10 +282,12 @@ func TestBinary_RejectsCorruptEntries(t *testing.T) {
 		if _, err := Decode(append(append([]byte{}, b...), 0)); err == nil || !strings.Contains(err.Error(), "trailing") {
 			t.Fatalf("%s with a trailing byte: %v", e.Type(), err)
 		}
-		bad := append([]byte{}, b...)
-		bad[1] = 2
-		if _, err := Decode(bad); err == nil || !strings.Contains(err.Error(), "version") {
-			t.Fatalf("%s with version 2: %v", e.Type(), err)
+		for _, v := range []byte{0, binaryVersion + 1, 0xff} {
+			bad := append([]byte{}, b...)
+			bad[1] = v
+			if _, err := Decode(bad); err == nil || !strings.Contains(err.Error(), "version") {
+				t.Fatalf("%s with version %d: %v", e.Type(), v, err)
+			}
 		}
 	}
 	for _, tt := range []struct{ name, data, want string }{

@@ -13,10 +13,16 @@ import (
 
 // Proto is the entry format this code applies: 1 is entry types 1 to 8, 2
 // adds SubmitAssignEntry, 3 (ProtoBinary) the binary encoding of the hot
-// entries. Masters gossip it, and a leader writes an entry of a newer format
-// only once every voter applies it, so a rolling upgrade never hands an
-// older replica an entry it cannot apply.
-const Proto = ProtoBinary
+// entries, 4 (ProtoNoRetry) exit codes that end a task at once and the
+// output kept in each attempt's history. Masters gossip it, and a leader
+// writes an entry of a newer format only once every voter applies it, so a
+// rolling upgrade never hands an older replica an entry it cannot apply.
+const Proto = ProtoNoRetry
+
+// ProtoNoRetry is the entry format that added no_retry_exit_codes (in task
+// specs, and the cluster's default in result entries) and the output of
+// earlier attempts (ResultEntry.KeepOutput): binary version 2.
+const ProtoNoRetry = 4
 
 // ProtoSubmitAssign is the entry format that added SubmitAssignEntry.
 const ProtoSubmitAssign = 2
@@ -107,11 +113,18 @@ type AssignEntry struct {
 
 // ResultEntry records finished attempts. BackoffBase is the leader's retry
 // backoff base, carried in the entry so every replica computes the same
-// retry time.
+// retry time. From ProtoNoRetry on, the entry also carries the leader's
+// other settings for what a result does: NoRetryExitCodes, the exit codes
+// that fail a task at once when its spec names none, and KeepOutput, how
+// many bytes of an attempt's output its history record keeps. Before that
+// format both are zero, which is what older replicas do: retry every
+// failure, keep no output in the history.
 type ResultEntry struct {
-	At          time.Time           `json:"at"`
-	BackoffBase time.Duration       `json:"backoff_base"`
-	Results     []api.AttemptResult `json:"results"`
+	At               time.Time           `json:"at"`
+	BackoffBase      time.Duration       `json:"backoff_base"`
+	Results          []api.AttemptResult `json:"results"`
+	NoRetryExitCodes []int               `json:"no_retry_exit_codes,omitzero"`
+	KeepOutput       int                 `json:"keep_output,omitempty"`
 }
 
 // RequeueEntry takes running attempts back: their worker is lost

@@ -15,6 +15,10 @@ import (
 type SubmitOutcome struct {
 	ID       string
 	Existing bool // the idempotency key was known; ID is the earlier task
+	// Conflict: the key was known for a task submitted with another spec.
+	// Nothing was added; ID is that task. (A response only: the state is
+	// the same as for Existing, so replicas of any version agree.)
+	Conflict bool
 }
 
 // SubmitResponse is what applying a SubmitEntry returns.

@@ -149,11 +149,17 @@ func TestSubmit_IdempotencyKeyAcrossEntries(t *testing.T) {
 	h.mustSucceed(sec(1), id, "w1")
 	before := mustJSON(t, h.mustGet(id))
 
-	// A retry, even with a different spec, yields the same task untouched.
-	again := specWith(func(s *api.TaskSpec) { s.IdempotencyKey = "order-1"; s.Args = []string{"second"} })
-	resp := h.submit(sec(2), again, spec("other"))
+	// A retry with the same spec yields the same task; the same key with
+	// a different spec is a conflict, naming that task, and changes
+	// nothing either.
+	resp := h.submit(sec(2), first)
 	if got := resp.Results[0]; got != (SubmitOutcome{ID: id, Existing: true}) {
 		t.Fatalf("retry gave %+v, want existing %s", got, id)
+	}
+	again := specWith(func(s *api.TaskSpec) { s.IdempotencyKey = "order-1"; s.Args = []string{"second"} })
+	resp = h.submit(sec(2), again, spec("other"))
+	if got := resp.Results[0]; got != (SubmitOutcome{ID: id, Existing: true, Conflict: true}) {
+		t.Fatalf("reuse with another spec gave %+v, want a conflict with %s", got, id)
 	}
 	if got := resp.Results[1]; got != (SubmitOutcome{ID: "0000000000000002"}) {
 		t.Fatalf("second spec gave %+v", got)

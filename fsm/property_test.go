@@ -7,8 +7,10 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gantryhq/gantry/api"
 	"github.com/hashicorp/raft"
@@ -36,6 +38,9 @@ type mTask struct {
 	notBefore  time.Time
 	finishedAt time.Time
 	last       api.Outcome // outcome of the latest attempt, "" before the first
+	spec       api.TaskSpec
+	lastCode   int    // exit code kept in the latest attempt's history
+	lastOut    string // output kept in the latest attempt's history
 }
 
 type model struct {
@@ -58,17 +63,39 @@ func recorded(o api.Outcome) api.Outcome {
 	return api.OutcomeReleased
 }
 
+// tailOf is what an attempt's history keeps of output: all of it when it
+// fits in keep bytes, else a marker line naming the bytes dropped and the
+// longest end that fits with it, cut at a character boundary.
+func tailOf(output string, keep int) string {
+	if len(output) <= keep {
+		return output
+	}
+	best := ""
+	for drop := len(output); drop > 0; drop-- {
+		if drop < len(output) && !utf8.RuneStart(output[drop]) {
+			continue
+		}
+		cand := fmt.Sprintf("[gantry: %d bytes dropped]\n", drop) + output[drop:]
+		if len(cand) <= keep {
+			best = cand
+		} else {
+			break
+		}
+	}
+	return best
+}
+
 func (m *model) apply(e Entry) any {
 	switch e := e.(type) {
 	case *SubmitEntry:
 		resp := &SubmitResponse{Results: make([]SubmitOutcome, len(e.Tasks))}
 		for i, s := range e.Tasks {
 			if id, ok := m.keys[s.IdempotencyKey]; ok && s.IdempotencyKey != "" {
-				resp.Results[i] = SubmitOutcome{ID: id, Existing: true}
+				resp.Results[i] = SubmitOutcome{ID: id, Existing: true, Conflict: !reflect.DeepEqual(m.tasks[id].spec, s)}
 				continue
 			}
 			m.seq++
-			t := &mTask{id: api.FormatTaskID(m.seq), seq: m.seq, state: api.StatePending, prio: s.Priority, max: s.MaxAttempts, key: s.IdempotencyKey}
+			t := &mTask{id: api.FormatTaskID(m.seq), seq: m.seq, state: api.StatePending, prio: s.Priority, max: s.MaxAttempts, key: s.IdempotencyKey, spec: s}
 			m.tasks[t.id] = t
 			if t.key != "" {
 				m.keys[t.key] = t.id
@@ -99,6 +126,7 @@ func (m *model) apply(e Entry) any {
 				continue
 			}
 			t.state, t.attempt, t.worker, t.notBefore, t.last = api.StateRunning, a.Attempt, a.Worker, time.Time{}, api.OutcomeRunning
+			t.lastCode, t.lastOut = 0, ""
 			resp.Accepted[i] = true
 		}
 		return resp
@@ -120,7 +148,14 @@ func (m *model) apply(e Entry) any {
 			case r.Outcome.CountsAsFailure():
 				t.failures++
 				t.last = r.Outcome
-				if t.failures >= t.max {
+				if e.KeepOutput > 0 {
+					t.lastCode, t.lastOut = r.ExitCode, tailOf(r.Output, e.KeepOutput)
+				}
+				codes := t.spec.NoRetryExitCodes
+				if codes == nil {
+					codes = e.NoRetryExitCodes
+				}
+				if t.failures >= t.max || r.Outcome == api.OutcomeFailed && slices.Contains(codes, r.ExitCode) {
 					t.state, t.finishedAt = api.StateFailed, e.At
 				} else {
 					t.state, t.notBefore = api.StatePending, e.At.Add(api.Backoff(e.BackoffBase, t.failures))
@@ -253,8 +288,12 @@ func sameState(t testing.TB, f *FSM, m *model, all []api.Task) {
 		}
 		if task.State != mt.state || task.Attempt != mt.attempt || task.Worker != mt.worker || task.Priority != mt.prio ||
 			task.MaxAttempts != mt.max || task.IdempotencyKey != mt.key || task.Failures != mt.failures || task.Lost != mt.lost ||
-			!task.NotBefore.Equal(mt.notBefore) || !task.FinishedAt.Equal(mt.finishedAt) || last != mt.last {
+			!task.NotBefore.Equal(mt.notBefore) || !task.FinishedAt.Equal(mt.finishedAt) || last != mt.last ||
+			!slices.Equal(task.NoRetryExitCodes, mt.spec.NoRetryExitCodes) {
 			t.Fatalf("task %s\n%+v\nmodel %+v", task.ID, task, *mt)
+		}
+		if n := len(task.Attempts); n > 0 && (task.Attempts[n-1].ExitCode != mt.lastCode || task.Attempts[n-1].Output != mt.lastOut) {
+			t.Fatalf("task %s: the latest attempt keeps exit code %d output %q; model %d %q", task.ID, task.Attempts[n-1].ExitCode, task.Attempts[n-1].Output, mt.lastCode, mt.lastOut)
 		}
 	}
 	if got := f.StaleResults(); got != m.stale {
@@ -322,6 +361,7 @@ func checkReady(t testing.TB, f *FSM, m *model, now time.Time, limit int) {
 
 // gen makes random entries, mostly plausible, some not.
 type gen struct {
+	format  int // the entry format written: fields of newer formats stay zero
 	rng     *rand.Rand
 	m       *model
 	now     time.Time
@@ -390,12 +430,21 @@ func (g *gen) entry() Entry {
 	case p < 12:
 		e := &SubmitEntry{At: g.at()}
 		for range 1 + g.pick(2) {
+			if len(g.ids) > 0 && g.chance(0.15) { // a client's retry: the same spec, key and all
+				if t := g.m.tasks[g.ids[g.pick(len(g.ids))]]; t != nil && t.key != "" {
+					e.Tasks = append(e.Tasks, t.spec)
+					continue
+				}
+			}
 			e.Tasks = append(e.Tasks, specWith(func(s *api.TaskSpec) {
 				s.Args = []string{"job", fmt.Sprint(g.pick(1000))}
 				s.Priority = g.pick(5) - 2
 				s.MaxAttempts = 1 + g.pick(4)
 				if g.chance(0.4) {
 					s.IdempotencyKey = fmt.Sprint("key-", g.pick(40))
+				}
+				if g.format >= ProtoNoRetry && g.chance(0.3) {
+					s.NoRetryExitCodes = [][]int{{}, {2}, {1, 2}, {126}}[g.pick(4)]
 				}
 			}))
 		}
@@ -417,6 +466,10 @@ func (g *gen) entry() Entry {
 		return e
 	case p < 70:
 		e := &ResultEntry{At: g.at(), BackoffBase: time.Duration(g.pick(3000)) * time.Millisecond}
+		if g.format >= ProtoNoRetry {
+			e.NoRetryExitCodes = api.DefaultNoRetryExitCodes
+			e.KeepOutput = []int{0, 40, 64}[g.pick(3)]
+		}
 		for range 1 + g.pick(2) {
 			if len(g.sent) > 0 && g.chance(0.15) { // a report sent again
 				e.Results = append(e.Results, g.sent[g.pick(len(g.sent))])
@@ -432,7 +485,12 @@ func (g *gen) entry() Entry {
 			if g.chance(0.1) {
 				w = g.worker()
 			}
-			r := api.AttemptResult{TaskID: t.id, Attempt: g.skew(t.attempt), Worker: w, Outcome: o, ExitCode: g.pick(3), Output: "o"}
+			code := []int{0, 1, 2, 2, 126, 127}[g.pick(6)]
+			out := []string{"o", "", "a longer output: é the end\n"}[g.pick(3)]
+			if g.chance(0.1) {
+				out = strings.Repeat("line of output\n", 1+g.pick(8))
+			}
+			r := api.AttemptResult{TaskID: t.id, Attempt: g.skew(t.attempt), Worker: w, Outcome: o, ExitCode: code, Output: out}
 			e.Results = append(e.Results, r)
 			g.sent = append(g.sent, r)
 			if len(g.sent) > 30 {
@@ -515,7 +573,7 @@ func TestProperty_RandomOperationsKeepInvariants(t *testing.T) {
 		steps = 400
 	}
 	for _, seed := range []uint64{1, 2, 20250301} {
-		for _, format := range []int{ProtoSubmitAssign, ProtoBinary} {
+		for _, format := range []int{ProtoSubmitAssign, ProtoBinary, ProtoNoRetry} {
 			t.Run(fmt.Sprintf("seed%d/format%d", seed, format), func(t *testing.T) {
 				runRandom(t, seed, steps, format)
 			})
@@ -530,7 +588,7 @@ func runRandom(t *testing.T, seed uint64, steps, format int) {
 	h := mustNewHarness(t)
 	h.format = format
 	m := newModel()
-	g := &gen{rng: rng, m: m, now: t0, workers: []string{"w1", "w2", "w3", "w4"}}
+	g := &gen{format: format, rng: rng, m: m, now: t0, workers: []string{"w1", "w2", "w3", "w4"}}
 	tr := &tracker{prev: map[string]api.Task{}, gone: map[string]bool{}}
 	var (
 		snap      raft.FSMSnapshot

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gantryhq/gantry/api"
 	"github.com/google/btree"
@@ -202,24 +203,30 @@ func (s *state) applySubmit(e *SubmitEntry) *SubmitResponse {
 		// indexes every new task's key at once.
 		if spec.IdempotencyKey != "" {
 			if seq, ok := s.keys[spec.IdempotencyKey]; ok {
-				resp.Results[i] = SubmitOutcome{ID: api.FormatTaskID(seq), Existing: true}
+				o := SubmitOutcome{ID: api.FormatTaskID(seq), Existing: true}
+				if r, ok := s.getSeq(seq); ok {
+					known := r.task.Spec()
+					o.Conflict = !known.Equal(&spec)
+				}
+				resp.Results[i] = o
 				continue
 			}
 		}
 		s.seq++
 		r := &record{seq: s.seq, task: api.Task{
-			ID:             api.FormatTaskID(s.seq),
-			Type:           spec.Type,
-			Args:           spec.Args,
-			Payload:        spec.Payload,
-			Env:            spec.Env,
-			Timeout:        spec.Timeout,
-			MaxAttempts:    spec.MaxAttempts,
-			Priority:       spec.Priority,
-			IdempotencyKey: spec.IdempotencyKey,
-			State:          api.StatePending,
-			CreatedAt:      e.At,
-			Attempts:       []api.AttemptRecord{},
+			ID:               api.FormatTaskID(s.seq),
+			Type:             spec.Type,
+			Args:             spec.Args,
+			Payload:          spec.Payload,
+			Env:              spec.Env,
+			Timeout:          spec.Timeout,
+			MaxAttempts:      spec.MaxAttempts,
+			Priority:         spec.Priority,
+			IdempotencyKey:   spec.IdempotencyKey,
+			NoRetryExitCodes: spec.NoRetryExitCodes,
+			State:            api.StatePending,
+			CreatedAt:        e.At,
+			Attempts:         []api.AttemptRecord{},
 		}}
 		s.insert(r)
 		resp.Results[i] = SubmitOutcome{ID: r.task.ID}
@@ -316,9 +323,10 @@ func (s *state) applyOneResult(e *ResultEntry, res *api.AttemptResult) error {
 		nt.Result = result
 	case api.OutcomeFailed, api.OutcomeTimeout:
 		finishAttempt(nt, res.Outcome, e.At, res.Error)
+		keepOutput(nt, res, e.KeepOutput)
 		nt.Failures++
 		nt.Result = result
-		if nt.Failures >= nt.MaxAttempts {
+		if nt.Failures >= nt.MaxAttempts || res.Outcome == api.OutcomeFailed && noRetry(nt, e, res.ExitCode) {
 			nt.State = api.StateFailed
 			nt.FinishedAt = e.At
 		} else {
@@ -332,6 +340,50 @@ func (s *state) applyOneResult(e *ResultEntry, res *api.AttemptResult) error {
 	}
 	s.replace(r, n)
 	return nil
+}
+
+// noRetry reports whether exit code ends task t at once: it is one of the
+// task's no_retry_exit_codes, or of the entry's default when the task names
+// none.
+func noRetry(t *api.Task, e *ResultEntry, code int) bool {
+	codes := t.NoRetryExitCodes
+	if codes == nil {
+		codes = e.NoRetryExitCodes
+	}
+	return slices.Contains(codes, code)
+}
+
+// keepOutput records in the current (failed) attempt's history its exit
+// code and the last keep bytes of its output (nothing when keep is 0, as
+// before ProtoNoRetry), so that the output of a failure survives the
+// attempts after it. Successes keep none: their output is the task's
+// result, and most tasks succeed.
+func keepOutput(t *api.Task, res *api.AttemptResult, keep int) {
+	if keep <= 0 {
+		return
+	}
+	if n := len(t.Attempts); n > 0 && t.Attempts[n-1].Attempt == t.Attempt {
+		a := &t.Attempts[n-1]
+		a.ExitCode = res.ExitCode
+		a.Output = lastBytes(res.Output, keep)
+	}
+}
+
+// lastBytes returns the longest end of s that fits in n bytes behind a
+// marker line saying how many bytes were dropped, starting at a UTF-8
+// boundary (s itself when it fits). It is a pure function of its inputs, as
+// Apply must be.
+func lastBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for start := len(s) - n; start < len(s); start++ {
+		marker := "[gantry: " + strconv.Itoa(start) + " bytes dropped]\n"
+		if len(marker)+len(s)-start <= n && utf8.RuneStart(s[start]) {
+			return marker + s[start:]
+		}
+	}
+	return ""
 }
 
 // recordedOutcome is the outcome the attempt history keeps for a reported

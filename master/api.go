@@ -2,7 +2,10 @@ package master
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -77,8 +80,12 @@ func (m *Master) notLeader() error {
 	return api.Unavailablef(api.CodeNotLeader, "master %s is not the leader", m.cfg.ID)
 }
 
-// Submit implements transport.Master.
-func (m *Master) Submit(ctx context.Context, specs []api.TaskSpec) ([]api.SubmitResult, error) {
+// Submit implements transport.Master. With atomic set (one request: a
+// single task or a batch) a spec whose idempotency key names a task
+// submitted with another spec refuses the whole request before anything is
+// proposed; without it (a follower's coalesced submissions, each on its
+// own) each such spec gets its own Conflict result.
+func (m *Master) Submit(ctx context.Context, specs []api.TaskSpec, atomic bool) ([]api.SubmitResult, error) {
 	if m.leading() == nil {
 		return nil, m.notLeader()
 	}
@@ -87,22 +94,60 @@ func (m *Master) Submit(ctx context.Context, specs []api.TaskSpec) ([]api.Submit
 			return nil, err
 		}
 	}
-	// Fast path: every key is known already (a client retrying); no write.
+	if m.votersFormat(time.Now()) < fsm.ProtoNoRetry {
+		for i := range specs {
+			if specs[i].NoRetryExitCodes != nil {
+				return nil, api.BadRequest(specField(specs, i, atomic, "no_retry_exit_codes"),
+					"not every master runs a version that applies it yet (a rolling upgrade is in progress); retry once every master is upgraded")
+			}
+		}
+	}
+	// Known keys: a client retrying (the fast path, no write), or a key
+	// reused with another spec (a conflict).
 	out := make([]api.SubmitResult, len(specs))
 	known := true
-	for i, s := range specs {
-		id, ok := "", false
-		if s.IdempotencyKey != "" {
-			id, ok = m.fsm.LookupKey(s.IdempotencyKey)
+	var seen map[string]int // key -> first spec of this request with it (atomic batches)
+	for i := range specs {
+		s := &specs[i]
+		if s.IdempotencyKey == "" {
+			known = false
+			if !atomic {
+				break
+			}
+			continue
+		}
+		if atomic && len(specs) > 1 {
+			if seen == nil {
+				seen = make(map[string]int, len(specs))
+			}
+			if j, ok := seen[s.IdempotencyKey]; ok {
+				if !specs[j].Equal(s) {
+					field := specField(specs, i, atomic, "idempotency_key")
+					return nil, &api.Error{Code: api.CodeIdempotencyConflict, Status: http.StatusUnprocessableEntity, Field: field,
+						Message: fmt.Sprintf("%s: the key %q is also used by tasks[%d] of this request, with a different task", field, s.IdempotencyKey, j)}
+				}
+			} else {
+				seen[s.IdempotencyKey] = i
+			}
+		}
+		id, ok := m.fsm.LookupKey(s.IdempotencyKey)
+		var t api.Task
+		if ok {
+			t, ok = m.fsm.Get(id)
 		}
 		if !ok {
 			known = false
-			break
+			if !atomic {
+				break // the state machine flags conflicts of the rest
+			}
+			continue
 		}
-		t, ok := m.fsm.Get(id)
-		if !ok {
-			known = false
-			break
+		if spec := t.Spec(); !spec.Equal(s) {
+			if atomic {
+				return nil, api.IdempotencyConflict(specField(specs, i, atomic, "idempotency_key"), s.IdempotencyKey, t.ID)
+			}
+			out[i] = api.SubmitResult{Task: t, Existing: true, Conflict: true}
+			continue
 		}
 		out[i] = api.SubmitResult{Task: t, Existing: true}
 	}
@@ -120,9 +165,27 @@ func (m *Master) Submit(ctx context.Context, specs []api.TaskSpec) ([]api.Submit
 			// was committed.
 			t = api.Task{ID: r.ID, State: api.StatePending}
 		}
-		out[i] = api.SubmitResult{Task: t, Existing: r.Existing}
+		out[i] = api.SubmitResult{Task: t, Existing: r.Existing, Conflict: r.Conflict}
+		if r.Conflict && atomic {
+			// Another request took the key between the check above and
+			// the commit: the rest of this request was committed.
+			e := api.IdempotencyConflict(specField(specs, i, atomic, "idempotency_key"), specs[i].IdempotencyKey, r.ID)
+			if len(specs) > 1 {
+				e.Message += "; the batch's other tasks were created: sending the batch again with the same keys returns them"
+			}
+			return nil, e
+		}
 	}
 	return out, nil
+}
+
+// specField names a field of specs[i] in an error: "tasks[i].field" in a
+// batch, "field" alone for one task.
+func specField(specs []api.TaskSpec, i int, atomic bool, field string) string {
+	if len(specs) == 1 || !atomic {
+		return field
+	}
+	return "tasks[" + strconv.Itoa(i) + "]." + field
 }
 
 // verifyRead makes a read linearizable: this node must be the established
@@ -280,7 +343,9 @@ func (m *Master) Ready() error {
 }
 
 // Cluster implements transport.Master. The leader asks every master about
-// itself (briefly) to fill roles and applied indexes.
+// itself (briefly) to fill roles and applied indexes, and, when its runtime
+// is a ClusterLister, lists the cluster's worker containers (as briefly, at
+// the same time) to name each worker by its container.
 func (m *Master) Cluster(ctx context.Context, linearizable bool) (api.ClusterStatus, error) {
 	if err := m.verifyRead(linearizable); err != nil {
 		return api.ClusterStatus{}, err
@@ -298,6 +363,20 @@ func (m *Master) Cluster(ctx context.Context, linearizable bool) (api.ClusterSta
 	var wg sync.WaitGroup
 	qctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
+	ls := m.leading()
+	var containers []Container // written by the lister goroutine, read after wg.Wait
+	if lister, ok := m.cfg.Runtime.(ClusterLister); ok && ls != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cs, err := lister.ListCluster(qctx)
+			if err != nil {
+				m.log.Debug("cannot list containers to name workers", "error", err)
+				return
+			}
+			containers = cs
+		}()
+	}
 	for i, srv := range servers {
 		ms := api.MasterStatus{ID: string(srv.ID), RaftAddr: string(srv.Address), Voter: srv.Suffrage == raft.Voter, Role: "unknown"}
 		if string(srv.ID) == m.cfg.ID {
@@ -323,14 +402,20 @@ func (m *Master) Cluster(ctx context.Context, linearizable bool) (api.ClusterSta
 	wg.Wait()
 
 	running := m.fsm.RunningCounts()
-	ls := m.leading()
-	for _, w := range m.workerViews() {
+	views := m.workerViews()
+	ids := make([]string, 0, len(views))
+	for id := range views {
+		ids = append(ids, id)
+	}
+	names := workerNames(ids, containers)
+	for _, w := range views {
 		state := w.State
 		if state == membership.StateAlive && ls != nil && ls.dispatch.isSuspect(w.ID) {
 			state = membership.StateSuspect // alive in gossip, but not answering the leader
 		}
 		st.Workers = append(st.Workers, api.WorkerStatus{
 			ID: w.ID, HTTPAddr: w.HTTP, State: state, Slots: w.Slots, Running: running[w.ID], Draining: w.Draining || w.Leaving,
+			Name: names[w.ID],
 		})
 	}
 	sort.Slice(st.Workers, func(i, j int) bool { return st.Workers[i].ID < st.Workers[j].ID })

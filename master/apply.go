@@ -43,24 +43,30 @@ func (m *Master) votersFormat(now time.Time) int {
 	m.formatMu.Unlock()
 	level := m.cfg.entryFormat()
 	f := m.raft.GetConfiguration()
+	m.formatMu.Lock()
+	defer m.formatMu.Unlock()
 	if f.Error() != nil {
 		level = 0
 	} else {
+		if m.formatSeen == nil {
+			m.formatSeen = map[string]int{}
+		}
 		for _, srv := range f.Configuration().Servers {
 			if srv.Suffrage != raft.Voter || string(srv.ID) == m.cfg.ID {
 				continue
 			}
-			mb, ok := m.masterMember(string(srv.ID))
-			if !ok {
-				level = 0
-				break
+			// A voter that is down right now counts with the format it
+			// last gossiped: it applies nothing while down and reads the
+			// log when it returns, and a version may not go back below a
+			// format once written (no downgrades). One never seen counts
+			// as 0.
+			if mb, ok := m.masterMember(string(srv.ID)); ok {
+				m.formatSeen[string(srv.ID)] = mb.Proto
 			}
-			level = min(level, mb.Proto)
+			level = min(level, m.formatSeen[string(srv.ID)])
 		}
 	}
-	m.formatMu.Lock()
 	m.formatAt, m.formatLevel = now, level
-	m.formatMu.Unlock()
 	return level
 }
 
@@ -102,9 +108,10 @@ type batcher[T, R any] struct {
 	m        *Master
 	max      int
 	inflight int
-	// build makes the entry of a batch, and optionally a function called
-	// with its outcome once raft has answered (applied, or failed).
-	build func(items []T) (fsm.Entry, func(resp any, err error))
+	// build makes the entry of a batch in an entry format (the one it is
+	// then encoded in), and optionally a function called with its outcome
+	// once raft has answered (applied, or failed).
+	build func(items []T, format int) (fsm.Entry, func(resp any, err error))
 	split func(resp any, n int) []R
 	ch    chan *batchReq[T, R]
 }
@@ -119,7 +126,7 @@ type batchResp[R any] struct {
 	err     error
 }
 
-func newBatcher[T, R any](m *Master, max, inflight int, build func([]T) (fsm.Entry, func(any, error)), split func(any, int) []R) *batcher[T, R] {
+func newBatcher[T, R any](m *Master, max, inflight int, build func([]T, int) (fsm.Entry, func(any, error)), split func(any, int) []R) *batcher[T, R] {
 	return &batcher[T, R]{m: m, max: max, inflight: inflight, build: build, split: split, ch: make(chan *batchReq[T, R], 1024)}
 }
 
@@ -172,8 +179,9 @@ func (b *batcher[T, R]) run(stop chan struct{}, wg *sync.WaitGroup) {
 		for _, r := range batch {
 			items = append(items, r.items...)
 		}
-		entry, after := b.build(items)
-		data, err := fsm.EncodeFormat(entry, b.m.votersFormat(time.Now()))
+		format := b.m.votersFormat(time.Now())
+		entry, after := b.build(items, format)
+		data, err := fsm.EncodeFormat(entry, format)
 		if err != nil {
 			if after != nil {
 				after(nil, err)
@@ -218,8 +226,19 @@ type submitItem = api.TaskSpec
 // then runs a task one commit after its submission instead of two. The slots
 // stay reserved against the dispatcher until the entry is applied; then the
 // attempts are pushed, as the dispatcher pushes its own.
-func (m *Master) buildSubmit(items []submitItem) (fsm.Entry, func(any, error)) {
+func (m *Master) buildSubmit(items []submitItem, format int) (fsm.Entry, func(any, error)) {
 	at := now()
+	if format < fsm.ProtoNoRetry {
+		// Submit refused explicit codes while the voters were behind; a
+		// voter that fell behind since then (a new one joined) cannot read
+		// them, so they go, and the cluster's default applies.
+		for i := range items {
+			if items[i].NoRetryExitCodes != nil {
+				m.log.Warn("dropping no_retry_exit_codes: not every voter applies them", "key", items[i].IdempotencyKey)
+				items[i].NoRetryExitCodes = nil
+			}
+		}
+	}
 	ls := m.leading()
 	if ls == nil {
 		return &fsm.SubmitEntry{At: at, Tasks: items}, nil
@@ -269,8 +288,13 @@ func (m *Master) splitSubmit(resp any, n int) []fsm.SubmitOutcome {
 
 type resultItem = api.AttemptResult
 
-func (m *Master) buildResult(items []resultItem) (fsm.Entry, func(any, error)) {
-	return &fsm.ResultEntry{At: now(), BackoffBase: m.cfg.RetryBackoff, Results: items}, nil
+func (m *Master) buildResult(items []resultItem, format int) (fsm.Entry, func(any, error)) {
+	e := &fsm.ResultEntry{At: now(), BackoffBase: m.cfg.RetryBackoff, Results: items}
+	if format >= fsm.ProtoNoRetry {
+		e.NoRetryExitCodes = m.cfg.NoRetryExitCodes
+		e.KeepOutput = api.MaxAttemptOutputBytes
+	}
+	return e, nil
 }
 
 func (m *Master) splitResult(resp any, n int) []error {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gantryhq/gantry/api"
 	"github.com/gantryhq/gantry/fsm"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/memberlist"
@@ -85,6 +86,10 @@ type Config struct {
 	WorkerCheckInterval time.Duration // how often the leader asks each worker what it runs
 	PushTimeout         time.Duration // one push of an attempt to a worker
 	RetryBackoff        time.Duration // base of the exponential retry delay of failed attempts
+	// NoRetryExitCodes end a task at once when its spec names none. Nil
+	// means api.DefaultNoRetryExitCodes (126, 127); empty retries every
+	// failure. It travels in each result entry, like RetryBackoff.
+	NoRetryExitCodes []int
 
 	// Retention of terminal tasks.
 	Retention  time.Duration
@@ -180,6 +185,9 @@ func (c *Config) setDefaults() {
 	def(&c.WorkerCheckInterval, d.WorkerCheckInterval)
 	def(&c.PushTimeout, d.PushTimeout)
 	def(&c.RetryBackoff, d.RetryBackoff)
+	if c.NoRetryExitCodes == nil {
+		c.NoRetryExitCodes = api.DefaultNoRetryExitCodes
+	}
 	def(&c.Retention, d.Retention)
 	def(&c.GCInterval, d.GCInterval)
 	def(&c.GossipProbeInterval, d.GossipProbeInterval)
@@ -244,6 +252,11 @@ func (c *Config) validate() error {
 	}
 	if c.ElectionTimeout < c.HeartbeatTimeout {
 		errs = append(errs, errors.New("election timeout must be at least the heartbeat timeout"))
+	}
+	for _, code := range c.NoRetryExitCodes {
+		if code < 1 || code > 255 {
+			errs = append(errs, fmt.Errorf("no-retry exit code %d is not an exit code of a failure (1 to 255)", code))
+		}
 	}
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
 		errs = append(errs, errors.New("leader lease timeout must not exceed the heartbeat timeout"))

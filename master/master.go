@@ -41,7 +41,8 @@ type Master struct {
 	submits *batcher[submitItem, fsm.SubmitOutcome]
 	results *batcher[resultItem, error]
 
-	notifyCh chan bool // raft's leadership notifications; buffered and always drained
+	notifyCh    chan bool // raft's leadership notifications; buffered and always drained
+	leaderWatch *leaderWatch
 
 	mu     sync.Mutex
 	leader *leaderState // non-nil while this node is the established leader
@@ -51,6 +52,7 @@ type Master struct {
 	formatMu    sync.Mutex
 	formatLevel int
 	formatAt    time.Time
+	formatSeen  map[string]int // voter ID -> the format it last gossiped
 
 	// Kicks fanned out from gossip changes, one per consumer.
 	gossipKick chan struct{}
@@ -68,12 +70,13 @@ func New(cfg Config) (*Master, error) {
 		return nil, err
 	}
 	m := &Master{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		fsm:        fsm.New(),
-		notifyCh:   make(chan bool, 16),
-		gossipKick: make(chan struct{}, 1),
-		stop:       make(chan struct{}),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		fsm:         fsm.New(),
+		notifyCh:    make(chan bool, 16),
+		leaderWatch: newLeaderWatch(),
+		gossipKick:  make(chan struct{}, 1),
+		stop:        make(chan struct{}),
 	}
 	m.workers = transport.NewWorkerClient(cfg.HTTPClient)
 	m.peers = transport.NewClient(nil, transport.WithHTTPClient(cfg.HTTPClient))
@@ -88,6 +91,15 @@ func (m *Master) FSM() *fsm.FSM { return m.fsm }
 
 // ID returns the master's raft ID.
 func (m *Master) ID() string { return m.cfg.ID }
+
+// ForwardTimeout is how long a follower should wait for the leader's
+// answer to a forwarded request: a leader that can commit answers within
+// its apply timeout, and one that cannot loses its lease within a few
+// election timeouts and says so. (A leader that is replaced is given up on
+// at once: LeaderChanged.)
+func (m *Master) ForwardTimeout() time.Duration {
+	return m.cfg.ApplyTimeout + 5*m.cfg.ElectionTimeout
+}
 
 // Raft returns the raft instance (for tests and diagnostics).
 func (m *Master) Raft() *raft.Raft { return m.raft }
@@ -222,8 +234,9 @@ func (m *Master) Start() error {
 		}
 	}
 	m.started = true
-	m.wg.Add(4)
+	m.wg.Add(5)
 	go m.monitorLeadership()
+	go m.watchLeader(r)
 	go m.fanOutGossip()
 	go m.submits.run(m.stop, &m.wg)
 	go m.results.run(m.stop, &m.wg)

@@ -3,6 +3,7 @@ package master
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 )
 
@@ -42,3 +43,49 @@ func (c Container) Running() bool {
 
 // ErrContainerExists is returned by Runtime.Create when the name is taken.
 var ErrContainerExists = errors.New("container already exists")
+
+// ClusterLister is implemented by runtimes that can also list the worker
+// containers of this cluster they did not create, such as the ones docker
+// compose starts (found by the cluster label). It is separate from Runtime
+// so that a runtime without it still scales: the leader then leaves the
+// names of such workers empty in GET /v1/cluster.
+type ClusterLister interface {
+	// ListCluster returns every worker container of this cluster, managed
+	// or not, in any state.
+	ListCluster(ctx context.Context) ([]Container, error)
+}
+
+// minIDPrefix is the shortest container ID prefix a worker ID may be to be
+// matched to a container: Docker's short ID, the default host name of a
+// container, which workers take as their ID when none is configured.
+const minIDPrefix = 12
+
+// workerNames maps worker IDs to the names of the containers they run in. A
+// worker is matched to a container whose name is its ID (a managed worker)
+// or whose ID is its ID or starts with it (a worker that took its
+// container's host name as ID), when the ID has at least minIDPrefix
+// characters. An ID that matches no container, or more than one by prefix,
+// is left out: a name is only shown when it is certain.
+func workerNames(ids []string, cs []Container) map[string]string {
+	out := make(map[string]string)
+	for _, id := range ids {
+		if id == "" {
+			continue
+		}
+		name, matches := "", 0
+		for _, c := range cs {
+			if c.Name == id || c.ID == id {
+				name, matches = c.Name, 1
+				break
+			}
+			if len(id) >= minIDPrefix && strings.HasPrefix(c.ID, id) {
+				name = c.Name
+				matches++
+			}
+		}
+		if matches == 1 && name != "" {
+			out[id] = name
+		}
+	}
+	return out
+}

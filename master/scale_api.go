@@ -30,7 +30,10 @@ func (m *Master) SetScale(ctx context.Context, p api.ScalePolicy) (api.ScaleStat
 }
 
 // Scale implements transport.Master: the policy, the desired and actual
-// counts and every managed worker with its container and gossip state. The
+// counts and every managed worker with its container and gossip state
+// (on the leader in auto mode, also the last scale-up check: what the
+// policy wants, what the rate check needs, the completion rate and the
+// container start time it used). The
 // leader knows the containers; any other master answers from its replica
 // with container states unknown.
 func (m *Master) Scale(ctx context.Context, linearizable bool) (api.ScaleStatus, error) {
@@ -61,6 +64,9 @@ func (m *Master) Scale(ctx context.Context, linearizable bool) (api.ScaleStatus,
 			out.Runtime = "not yet contacted"
 		}
 		out.Desired = ss.desired
+		if ss.check.done {
+			out.ScaleUp = ss.check.status()
+		}
 		out.LastError, out.LastErrorAt = ss.lastErr, ss.lastErrAt
 	}
 	containers := make(map[string]Container, len(ss.observed))

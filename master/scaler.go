@@ -11,6 +11,7 @@ import (
 
 	"github.com/gantryhq/gantry/api"
 	"github.com/gantryhq/gantry/fsm"
+	"github.com/gantryhq/gantry/membership"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -31,6 +32,10 @@ const (
 // conflict means adopt), a removing record is removed. Containers of this
 // cluster that no record accounts for are orphans and are removed after
 // OrphanGrace.
+//
+// In auto mode a scale-up is checked against how fast the workers drain
+// the queue and how long a new container takes to start (scaler_rate.go):
+// a container that would start after the backlog is gone is not created.
 type scaler struct {
 	m   *Master
 	ls  *leaderState
@@ -44,6 +49,9 @@ type scaler struct {
 	orphanSeen map[string]time.Time // container -> first seen without a record
 	backoff    time.Duration
 	nextTry    time.Time
+	drain      drainMeter    // completion rate over busy time, this term
+	starts     *startTimes   // how long this leader's containers take to join
+	recheck    time.Duration // after a held-back scale-up: check again this soon (0: at the tick)
 
 	mu        sync.Mutex
 	observed  []Container // last List, guarded by mu
@@ -52,10 +60,11 @@ type scaler struct {
 	describe  string      // guarded by mu
 	lastErr   string      // guarded by mu
 	lastErrAt time.Time   // guarded by mu
+	check     upCheck     // last scale-up check, guarded by mu
 }
 
 func newScaler(m *Master, ls *leaderState) *scaler {
-	return &scaler{m: m, ls: ls, rt: m.cfg.Runtime, log: m.log.Named("scaler"), kick: make(chan struct{}, 1), orphanSeen: make(map[string]time.Time)}
+	return &scaler{m: m, ls: ls, rt: m.cfg.Runtime, log: m.log.Named("scaler"), kick: make(chan struct{}, 1), orphanSeen: make(map[string]time.Time), starts: newStartTimes()}
 }
 
 // poke asks for a reconcile round soon.
@@ -72,13 +81,52 @@ func (s *scaler) run() {
 	}
 	t := time.NewTicker(s.m.cfg.ScaleInterval)
 	defer t.Stop()
+	recheck := time.NewTimer(time.Hour)
+	defer recheck.Stop()
+	probe := time.NewTicker(startProbe)
+	defer probe.Stop()
 	for {
 		s.once()
+		stopTimer(recheck)
+		if s.recheck > 0 && s.recheck < s.m.cfg.ScaleInterval {
+			recheck.Reset(s.recheck)
+		}
+		if !s.waitRound(t.C, recheck.C, probe.C) {
+			return
+		}
+	}
+}
+
+// waitRound blocks until the next reconcile round is due (a tick, a kick
+// or a recheck) and reports false when leadership ends. Between rounds it
+// only times the starts of new containers.
+func (s *scaler) waitRound(tick, recheck, probe <-chan time.Time) bool {
+	for {
+		var probing <-chan time.Time
+		if s.starts.waiting() {
+			probing = probe
+		}
 		select {
 		case <-s.ls.ctx.Done():
-			return
-		case <-t.C:
+			return false
+		case <-tick:
+			return true
 		case <-s.kick:
+			return true
+		case <-recheck:
+			return true
+		case <-probing:
+			s.starts.seen(s.m.workerViews(), time.Now(), nil)
+		}
+	}
+}
+
+// stopTimer stops t and drains a tick it already fired.
+func stopTimer(t *time.Timer) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
 		}
 	}
 }
@@ -134,6 +182,7 @@ func (s *scaler) prefix() string { return s.m.cfg.Cluster + "-managed" }
 // once runs one reconcile round.
 func (s *scaler) once() {
 	ctx := s.ls.ctx
+	s.recheck = 0
 	if ctx.Err() != nil || time.Now().Before(s.nextTry) {
 		return
 	}
@@ -162,7 +211,11 @@ func (s *scaler) once() {
 	st := s.m.fsm.Scale()
 	counts := s.m.fsm.Counts()
 	running := s.m.fsm.RunningCounts()
-	desired := st.Policy.Desired(counts.Pending + counts.Running)
+	backlog := counts.Pending + counts.Running
+	desired := st.Policy.Desired(backlog)
+	now := time.Now()
+	s.drain.observe(now, counts.Succeeded+counts.Failed+counts.Canceled, backlog)
+	s.observeStarts(now, st.Workers)
 	s.mu.Lock()
 	s.desired = desired
 	s.mu.Unlock()
@@ -191,7 +244,9 @@ func (s *scaler) once() {
 	switch n := len(active); {
 	case desired > n:
 		s.lowSince = time.Time{}
-		ok = s.scaleUp(ctx, desired-n, draining, byName) && ok
+		if create := s.checkUp(st.Policy, counts, n); create > 0 || len(draining) > 0 {
+			ok = s.scaleUp(ctx, desired-n, create, draining, byName) && ok
+		}
 	case desired < n:
 		if s.lowSince.IsZero() {
 			s.lowSince = time.Now()
@@ -202,6 +257,9 @@ func (s *scaler) once() {
 		}
 	default:
 		s.lowSince = time.Time{}
+	}
+	if n := len(active); desired <= n {
+		s.noteCheck(st.Policy, desired, n)
 	}
 
 	// 3. Reap containers no record accounts for.
@@ -229,8 +287,10 @@ func (s *scaler) ensure(ctx context.Context, name string, c Container, exists bo
 	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	if !exists {
+		at := time.Now()
 		err := s.rt.Create(cctx, name)
 		if err == nil {
+			s.starts.created(name, at)
 			s.log.Info("created worker container", "name", name)
 			return nil
 		}
@@ -330,9 +390,11 @@ func (s *scaler) finishRemoving(ctx context.Context, workers []api.ManagedWorker
 	return ok
 }
 
-// scaleUp brings need more workers: draining ones are wanted again first,
-// then new ones are committed and created at once.
-func (s *scaler) scaleUp(ctx context.Context, need int, draining []api.ManagedWorker, byName map[string]Container) bool {
+// scaleUp brings need more workers: draining ones are wanted again first
+// (they run already, so no start time is saved by leaving them), then up
+// to create new ones minus those undrained are committed and created at
+// once.
+func (s *scaler) scaleUp(ctx context.Context, need, create int, draining []api.ManagedWorker, byName map[string]Container) bool {
 	var back []string
 	for _, w := range draining {
 		if len(back) == need {
@@ -347,8 +409,10 @@ func (s *scaler) scaleUp(ctx context.Context, need int, draining []api.ManagedWo
 			return false
 		}
 		need -= len(names)
+		create -= len(names)
 		s.log.Info("draining workers are wanted again", "names", names)
 	}
+	need = min(need, create)
 	if need <= 0 {
 		return true
 	}
@@ -465,6 +529,7 @@ type scalerStatus struct {
 	observed  []Container
 	listed    bool // observed is from a successful List
 	desired   int
+	check     upCheck
 	lastErr   string
 	lastErrAt time.Time
 }
@@ -475,6 +540,68 @@ func (s *scaler) status() scalerStatus {
 	defer s.mu.Unlock()
 	return scalerStatus{
 		describe: s.describe, observed: append([]Container(nil), s.observed...), listed: !s.listedAt.IsZero(),
-		desired: s.desired, lastErr: s.lastErr, lastErrAt: s.lastErrAt,
+		desired: s.desired, check: s.check, lastErr: s.lastErr, lastErrAt: s.lastErrAt,
 	}
+}
+
+// observeStarts times the starts of this leader's new containers whose
+// workers gossip now shows alive, and stops timing those without a record.
+func (s *scaler) observeStarts(now time.Time, records []api.ManagedWorker) {
+	if !s.starts.waiting() {
+		return
+	}
+	known := make(map[string]bool, len(records))
+	for _, w := range records {
+		known[w.Name] = true
+	}
+	s.starts.seen(s.m.workerViews(), now, func(name string) bool { return known[name] })
+}
+
+// checkUp returns how many new containers to create when the policy wants
+// more than the n active workers (upCount), records the check for
+// GET /v1/scale and, when a stalled queue would justify more after a
+// while, when to check again.
+func (s *scaler) checkUp(p api.ScalePolicy, counts api.TaskCounts, n int) int {
+	start, observed := s.starts.estimate()
+	backlog := counts.Pending + counts.Running
+	inFlight := s.inFlight(counts)
+	in := upInput{
+		Policy: p, Backlog: backlog, Pending: counts.Pending, Active: n,
+		Rate: s.drain.rate(inFlight, start), Start: start,
+	}
+	add := upCount(in)
+	desired := p.Desired(in.Backlog)
+	if add < desired-n {
+		s.recheck = stallWait(in, inFlight, s.drain.stall)
+		s.log.Debug("scale-up held back: the backlog drains before a new worker would start",
+			"policy", desired, "needed", n+add, "rate", in.Rate, "start", start, "start_observed", observed)
+	}
+	s.mu.Lock()
+	s.check = upCheck{done: p.Mode == api.ScaleAuto, policy: desired, needed: n + add, active: n, rate: in.Rate, start: start, observed: observed}
+	s.mu.Unlock()
+	return add
+}
+
+// noteCheck records a round that wanted no scale-up, with the rate the
+// last busy period drained at.
+func (s *scaler) noteCheck(p api.ScalePolicy, desired, n int) {
+	start, observed := s.starts.estimate()
+	rate := s.drain.windowRate()
+	s.mu.Lock()
+	s.check = upCheck{done: p.Mode == api.ScaleAuto, policy: desired, needed: desired, active: n, rate: rate, start: start, observed: observed}
+	s.mu.Unlock()
+}
+
+// inFlight returns how many tasks run or can run at once: the running
+// ones, or the backlog up to the slots of the live workers that take work
+// (tasks just submitted may not be assigned yet, but they are about to
+// be).
+func (s *scaler) inFlight(counts api.TaskCounts) int {
+	slots := 0
+	for _, v := range s.m.workerViews() {
+		if v.State == membership.StateAlive && !v.Draining && !v.Leaving {
+			slots += v.Slots
+		}
+	}
+	return max(counts.Running, min(counts.Pending+counts.Running, slots))
 }

@@ -127,6 +127,8 @@ func badInputCases(t *testing.T) []badCase {
 	}
 	badBatch := batch(5)
 	badBatch["tasks"].([]map[string]any)[3]["args"] = []string{}
+	zeroBatch := batch(3)
+	zeroBatch["tasks"].([]map[string]any)[2]["max_attempts"] = 0
 	unknownID := api.FormatTaskID(1 << 40)
 
 	return []badCase{
@@ -161,6 +163,13 @@ func badInputCases(t *testing.T) []badCase {
 		submit("timeout 1000h over the maximum", `{"args":["echo"],"timeout":"1000h"}`, "timeout"),
 		submit("negative max_attempts", `{"args":["echo"],"max_attempts":-1}`, "max_attempts"),
 		submit("max_attempts 101", `{"args":["echo"],"max_attempts":101}`, "max_attempts"),
+		submit("max_attempts 0", `{"args":["echo"],"max_attempts":0}`, "max_attempts"),
+		submit("duplicate key", `{"args":["echo","a"],"args":["echo","b"]}`, "args"),
+		submit("duplicate key in env", `{"args":["echo"],"env":{"A":"1","A":"2"}}`, "env.A"),
+		submit("duplicate key in the payload", `{"args":["cat"],"payload":{"user":1,"user":2}}`, "payload.user"),
+		submit("no_retry_exit_codes 0", `{"args":["echo"],"no_retry_exit_codes":[0]}`, "no_retry_exit_codes"),
+		submit("no_retry_exit_codes 256", `{"args":["echo"],"no_retry_exit_codes":[2,256]}`, "no_retry_exit_codes"),
+		submit("no_retry_exit_codes as string", `{"args":["echo"],"no_retry_exit_codes":"2"}`, "no_retry_exit_codes"),
 		submit("priority 5000", `{"args":["echo"],"priority":5000}`, "priority"),
 		submit("priority -5000", `{"args":["echo"],"priority":-5000}`, "priority"),
 		submit("unknown type docker", `{"type":"docker","args":["echo"]}`, "type"),
@@ -177,6 +186,9 @@ func badInputCases(t *testing.T) []badCase {
 		{name: "batch without tasks", method: "POST", path: "/v1/tasks/batch", body: []byte(`{}`), status: 400, code: api.CodeBadRequest, field: "tasks"},
 		{name: "batch with 1001 tasks", method: "POST", path: "/v1/tasks/batch", body: badJSON(t, batch(api.MaxBatchTasks+1)), status: 400, code: api.CodeBadRequest, field: "tasks"},
 		{name: "batch with one bad task", method: "POST", path: "/v1/tasks/batch", body: badJSON(t, badBatch), status: 400, code: api.CodeBadRequest, field: "tasks[3].args"},
+		{name: "batch with max_attempts 0", method: "POST", path: "/v1/tasks/batch", body: badJSON(t, zeroBatch), status: 400, code: api.CodeBadRequest, field: "tasks[2].max_attempts"},
+		{name: "batch with a duplicate key", method: "POST", path: "/v1/tasks/batch", body: []byte(`{"tasks":[{"args":["true"]},{"args":["true"],"priority":1,"priority":2}]}`), status: 400, code: api.CodeBadRequest, field: "tasks[1].priority"},
+		{name: "batch reusing a key for two tasks", method: "POST", path: "/v1/tasks/batch", body: []byte(`{"tasks":[{"args":["true"],"idempotency_key":"twice"},{"args":["false"],"idempotency_key":"twice"}]}`), status: 422, code: api.CodeIdempotencyConflict, field: "tasks[1].idempotency_key"},
 		{name: "batch with a bad timeout", method: "POST", path: "/v1/tasks/batch", body: []byte(`{"tasks":[{"args":["a"]},{"args":["b"],"timeout":"1ms"}]}`), status: 400, code: api.CodeBadRequest, field: "tasks[1].timeout"},
 		{name: "batch malformed", method: "POST", path: "/v1/tasks/batch", body: []byte(`{"tasks":[`), status: 400, code: api.CodeBadRequest, field: ""},
 

@@ -147,6 +147,13 @@ func (f *Fabric) CutOneWay(from, to string) {
 	closeAll(victims)
 }
 
+// HealOneWay removes the cut of the traffic from a to b (CutOneWay).
+func (f *Fabric) HealOneWay(from, to string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.cut, link{from, to})
+}
+
 // Isolate cuts id from every other registered node, both ways.
 func (f *Fabric) Isolate(id string) {
 	f.mu.Lock()

@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -78,6 +79,24 @@ type MasterNode struct {
 	M        *master.Master
 	srv      *http.Server
 	up       bool
+	// frozen, while set, holds every HTTP request until it is closed: the
+	// node is paused (PauseMaster).
+	frozen atomic.Pointer[chan struct{}]
+}
+
+// hold blocks while the node is paused, as a stopped process's kernel
+// holds the connections it accepted.
+func (n *MasterNode) hold(r *http.Request) bool {
+	ch := n.frozen.Load()
+	if ch == nil {
+		return true
+	}
+	select {
+	case <-*ch:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
 
 // URL returns the master's HTTP base URL.
@@ -282,9 +301,45 @@ func (c *Cluster) StartMaster(n *MasterNode) {
 		c.t.Fatalf("master %s: start: %v", n.ID, err)
 	}
 	n.M = m
-	n.srv = &http.Server{Handler: transport.NewServer(m, transport.ServerOptions{LeaderWait: 3 * time.Second, Logger: cfg.Logger, Registry: m.Registry()}), ReadHeaderTimeout: 5 * time.Second}
+	handler := transport.NewServer(m, transport.ServerOptions{LeaderWait: 3 * time.Second, Logger: cfg.Logger, Registry: m.Registry(), ForwardTimeout: m.ForwardTimeout(), Client: cfg.HTTPClient})
+	n.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.hold(r) {
+			handler.ServeHTTP(w, r)
+		}
+	}), ReadHeaderTimeout: 5 * time.Second}
 	go n.srv.Serve(ln)
 	n.up = true
+}
+
+// PauseMaster makes n behave as a paused process (docker pause, SIGSTOP)
+// does, as far as the others can tell: nothing it sends reaches anyone (a
+// one-way cut from n to every node: it needs Options.Fabric), and every
+// HTTP request it is sent is accepted and held without an answer.
+// ResumeMaster ends it.
+func (c *Cluster) PauseMaster(n *MasterNode) {
+	c.t.Helper()
+	f := c.opts.Fabric
+	if f == nil {
+		c.t.Fatal("PauseMaster needs Options.Fabric")
+	}
+	ch := make(chan struct{})
+	n.frozen.Store(&ch)
+	for _, o := range f.Nodes() {
+		if o != n.ID {
+			f.CutOneWay(n.ID, o)
+		}
+	}
+}
+
+// ResumeMaster ends PauseMaster: held requests go on, n's traffic flows.
+func (c *Cluster) ResumeMaster(n *MasterNode) {
+	c.t.Helper()
+	for _, o := range c.opts.Fabric.Nodes() {
+		c.opts.Fabric.HealOneWay(n.ID, o)
+	}
+	if ch := n.frozen.Swap(nil); ch != nil {
+		close(*ch)
+	}
 }
 
 // KillMaster stops a master the way a crash would.

@@ -369,7 +369,7 @@ func TestProcess_DevCluster(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^m[123]\s+leader\s`).MatchString(res.stdout) {
 			t.Errorf("no master has the leader role:\n%s", res.stdout)
 		}
-		workers := regexp.MustCompile(`(?m)^w[12]\s+alive\s+4\s`).FindAllString(res.stdout, -1)
+		workers := regexp.MustCompile(`(?m)^\S+\s+w[12]\s+alive\s+4\s`).FindAllString(res.stdout, -1)
 		if len(workers) != 2 {
 			t.Errorf("%d alive worker rows, want 2:\n%s", len(workers), res.stdout)
 		}

@@ -23,6 +23,14 @@ import (
 type fakeRuntime struct {
 	c     *Cluster
 	slots int
+	// boot is how long a created container takes before its worker starts
+	// (a container's start time: 0 starts it within Create). Set before
+	// the cluster starts.
+	boot time.Duration
+
+	stop     chan struct{} // closed by killAll: no more booting
+	stopOnce sync.Once
+	booting  sync.WaitGroup // boot goroutines
 
 	mu          sync.Mutex
 	containers  map[string]*fakeContainer
@@ -101,9 +109,16 @@ func (rt *fakeRuntime) Create(ctx context.Context, name string) error {
 	rt.containers[name] = fc
 	rt.creates[name]++
 	hook := rt.afterCreate
+	if rt.boot > 0 {
+		fc.running = true // the container runs; its worker is still booting
+		rt.booting.Add(1)
+		go rt.bootWorker(fc)
+	}
 	rt.mu.Unlock()
-	if err := rt.startWorker(fc); err != nil {
-		return err
+	if rt.boot == 0 {
+		if err := rt.startWorker(fc); err != nil {
+			return err
+		}
 	}
 	if hook != nil {
 		hook(name)
@@ -120,6 +135,34 @@ func (rt *fakeRuntime) startWorker(fc *fakeContainer) error {
 	fc.node, fc.running = n, true
 	rt.mu.Unlock()
 	return nil
+}
+
+// bootWorker starts fc's worker after the boot time, unless the container
+// was removed or the test ended meanwhile. The wait simulates a
+// container's start; it does not wait for a condition.
+func (rt *fakeRuntime) bootWorker(fc *fakeContainer) {
+	defer rt.booting.Done()
+	select {
+	case <-time.After(rt.boot):
+	case <-rt.stop:
+		return
+	}
+	rt.mu.Lock()
+	gone := rt.containers[fc.name] != fc
+	rt.mu.Unlock()
+	if gone {
+		return
+	}
+	if err := rt.startWorker(fc); err != nil {
+		rt.c.t.Logf("boot %s: %v", fc.name, err)
+		return
+	}
+	rt.mu.Lock()
+	gone = rt.containers[fc.name] != fc
+	rt.mu.Unlock()
+	if gone { // removed while booting
+		rt.c.StopWorker(fc.node)
+	}
 }
 
 func (rt *fakeRuntime) Start(ctx context.Context, name string) error {
@@ -196,6 +239,8 @@ func (rt *fakeRuntime) doubled() []string {
 }
 
 func (rt *fakeRuntime) killAll() {
+	rt.stopOnce.Do(func() { close(rt.stop) })
+	rt.booting.Wait()
 	rt.mu.Lock()
 	var nodes []*WorkerNode
 	for _, fc := range rt.containers {
@@ -227,7 +272,16 @@ func setScale(t *testing.T, c *Cluster, p api.ScalePolicy) {
 // masters start.
 func startScaleCluster(t *testing.T, slots int) (*Cluster, *fakeRuntime) {
 	t.Helper()
-	rt := &fakeRuntime{slots: slots, containers: map[string]*fakeContainer{}, creates: map[string]int{}, failNext: map[string]int{}}
+	return startScaleClusterWith(t, newFakeRuntime(slots))
+}
+
+func newFakeRuntime(slots int) *fakeRuntime {
+	return &fakeRuntime{slots: slots, containers: map[string]*fakeContainer{}, creates: map[string]int{}, failNext: map[string]int{}, stop: make(chan struct{})}
+}
+
+// startScaleClusterWith is startScaleCluster with a runtime the test set up.
+func startScaleClusterWith(t *testing.T, rt *fakeRuntime) (*Cluster, *fakeRuntime) {
+	t.Helper()
 	c := NewCluster(t, Options{Workers: 0, Master: rt.attach, NoWait: true})
 	rt.c = c
 	t.Cleanup(rt.killAll)
@@ -436,5 +490,88 @@ func TestScale_PolicyValidationAndStaleRead(t *testing.T) {
 			st, err := c.Client(n).Scale(context.Background(), transport.ReadOptions{Stale: true})
 			return err == nil && st.Policy.Mode == api.ScaleFixed && st.Policy.Count == 0
 		})
+	}
+}
+
+// created returns how many containers were ever created.
+func (rt *fakeRuntime) created() int {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	n := 0
+	for _, k := range rt.creates {
+		n += k
+	}
+	return n
+}
+
+// TestScale_AddsContainersOnlyForABacklogThatOutlastsAStart: containers
+// take 3 s to start here. A burst of quick tasks that the one running
+// worker finishes sooner than that gets no container (the policy alone
+// wants 4); a backlog of tasks that do not finish does, up to max.
+func TestScale_AddsContainersOnlyForABacklogThatOutlastsAStart(t *testing.T) {
+	rt := newFakeRuntime(8)
+	rt.boot = 3 * time.Second
+	c, _ := startScaleClusterWith(t, rt)
+	setScale(t, c, api.ScalePolicy{Mode: api.ScaleAuto, Min: 1, Max: 4, BacklogPerWorker: 10, Cooldown: "1h"})
+	// The min worker's start is the one the leader times.
+	c.Eventually(60*time.Second, "the min worker's start observed", func() bool {
+		su := scaleStatus(c).ScaleUp
+		return rt.running() == 1 && su != nil && su.StartObserved
+	})
+	t.Logf("before the burst: %+v", *scaleStatus(c).ScaleUp)
+
+	cl := c.Client()
+	submitBatch := func(prefix string, n int, spec api.TaskSpec) []string {
+		t.Helper()
+		specs := make([]api.TaskSpec, n)
+		for i := range specs {
+			specs[i] = spec
+			specs[i].IdempotencyKey = fmt.Sprintf("%s-%d", prefix, i)
+		}
+		tasks := ReadEventually(c, "a batch of "+prefix, func(ctx context.Context) ([]api.Task, error) {
+			return cl.SubmitBatch(ctx, specs)
+		})
+		ids := make([]string, len(tasks))
+		for i, task := range tasks {
+			ids[i] = task.ID
+		}
+		return ids
+	}
+	leaderCounts := func() api.TaskCounts { return c.Leader().M.FSM().Counts() }
+
+	// 1. 100 quick tasks: ceil(100/10) = 10, clamped to max 4, is what the
+	// policy wants; the 8 slots of the one worker drain them first.
+	submitBatch("burst", 100, api.TaskSpec{Args: []string{"true"}})
+	c.Eventually(60*time.Second, "the burst done", func() bool {
+		n := leaderCounts()
+		return n.Pending == 0 && n.Running == 0 && n.Succeeded == 100
+	})
+	// A round after the burst has seen it gone (one still under way may
+	// have read the counts before).
+	c.Eventually(30*time.Second, "a scale-up check after the burst", func() bool {
+		su := scaleStatus(c).ScaleUp
+		return su != nil && su.PolicyDesired == 1
+	})
+	if n := rt.created(); n != 1 {
+		t.Fatalf("%d containers created for a burst the running worker drained before a start, want only the min one: %v", n, rt.names())
+	}
+	t.Logf("after the burst: %+v", *scaleStatus(c).ScaleUp)
+
+	// 2. 40 tasks that run until the gate opens: the queue stops moving and
+	// the scaler scales up to max.
+	gate := t.TempDir() + "/go"
+	ids := submitBatch("long", 40, Exec("while [ ! -e "+gate+" ]; do sleep 0.05; done"))
+	c.Eventually(60*time.Second, "max 4 containers for the long backlog", func() bool { return rt.created() == 4 })
+	t.Logf("long backlog: %+v", *scaleStatus(c).ScaleUp)
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if task := c.WaitTerminal(cl, id, 60*time.Second); task.State != api.StateSucceeded {
+			t.Fatalf("task %s: %+v", id, task)
+		}
+	}
+	if d := rt.doubled(); len(d) > 0 {
+		t.Fatalf("containers created twice: %v", d)
 	}
 }

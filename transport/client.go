@@ -22,7 +22,8 @@ import (
 // master URLs; when one cannot be reached it tries the next, and it
 // remembers the last one that answered.
 type Client struct {
-	hc *http.Client
+	hc      *http.Client
+	attempt time.Duration // bound of one request to one master; 0: none
 
 	mu    sync.Mutex
 	addrs []string // base URLs, guarded by mu
@@ -34,6 +35,11 @@ type ClientOption func(*Client)
 
 // WithHTTPClient sets the underlying HTTP client.
 func WithHTTPClient(hc *http.Client) ClientOption { return func(c *Client) { c.hc = hc } }
+
+// WithAttemptTimeout bounds each request to one master (plus the long poll
+// it asks for): a master that does not answer in time (paused, cut off) is
+// given up on, and a request that may be sent again goes to the next one.
+func WithAttemptTimeout(d time.Duration) ClientOption { return func(c *Client) { c.attempt = d } }
 
 // NewClient returns a client for the given master URLs ("http://host:port";
 // a missing scheme means http).
@@ -95,6 +101,7 @@ type call struct {
 	// retryAnywhere: the request may be sent again to another master even
 	// after it was sent (reads, keyed submissions, fenced results).
 	retryAnywhere bool
+	wait          time.Duration // the long poll asked for: added to the attempt timeout
 }
 
 // Response is the raw outcome of a call.
@@ -124,7 +131,15 @@ func (c *Client) do(ctx context.Context, cl call) (*Response, error) {
 	var lastErr error
 	for i := 0; i < len(addrs); i++ {
 		idx := (start + i) % len(addrs)
-		resp, err := c.once(ctx, addrs[idx], cl, payload)
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if c.attempt > 0 {
+			actx, cancel = context.WithTimeoutCause(ctx, c.attempt+cl.wait, errAttemptTimeout)
+		}
+		resp, err := c.once(actx, addrs[idx], cl, payload)
+		if err != nil && ctx.Err() == nil && errors.Is(context.Cause(actx), errAttemptTimeout) {
+			err = fmt.Errorf("%s did not answer within %s: %w", addrs[idx], c.attempt+cl.wait, errAttemptTimeout)
+		}
+		cancel()
 		if err == nil {
 			c.mu.Lock()
 			if len(c.addrs) == len(addrs) {
@@ -173,6 +188,9 @@ func (c *Client) once(ctx context.Context, base string, cl call, payload []byte)
 	}
 	return &Response{Status: resp.StatusCode, Header: resp.Header, Body: b}, nil
 }
+
+// errAttemptTimeout: one master did not answer within the attempt timeout.
+var errAttemptTimeout = errors.New("no answer in time")
 
 // isNotSent reports whether err means the request never reached a server
 // (so sending it elsewhere cannot duplicate it).
@@ -254,7 +272,7 @@ func withQuery(path string, q url.Values) string {
 
 // Task returns one task.
 func (c *Client) Task(ctx context.Context, id string, o ReadOptions) (api.Task, error) {
-	return decode[api.Task](c.do(ctx, call{method: "GET", path: withQuery("/v1/tasks/"+url.PathEscape(id), o.query()), retryAnywhere: true}))
+	return decode[api.Task](c.do(ctx, call{method: "GET", path: withQuery("/v1/tasks/"+url.PathEscape(id), o.query()), retryAnywhere: true, wait: o.Wait}))
 }
 
 // List returns a page of tasks.

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/gantryhq/gantry/api"
 )
@@ -27,8 +27,7 @@ import (
 const (
 	coalesceMaxTasks = api.MaxBatchTasks
 	coalesceMaxBytes = api.MaxBatchRequestBytes / 2
-	coalesceInflight = 4                // internal requests in flight per follower: fewer, fuller batches (16 measured 7 % slower at 64 clients)
-	coalesceTimeout  = 30 * time.Second // one internal request, commit included
+	coalesceInflight = 4 // internal requests in flight per follower: fewer, fuller batches (16 measured 7 % slower at 64 clients)
 )
 
 // pathInternalSubmit is the leader's endpoint for coalesced submissions.
@@ -48,7 +47,18 @@ type internalSubmitResponse struct {
 type internalResult struct {
 	Task     api.Task `json:"task"`
 	Existing bool     `json:"existing"`
+	// Error, when set, is why this submission was refused (an idempotency
+	// key reused with another task). Sent only to followers that say they
+	// read it (headerInternalVersion).
+	Error *api.Error `json:"error,omitempty"`
 }
+
+// headerInternalVersion tells the leader which version of the internal
+// submit answer a follower reads: "2" reads per-submission errors.
+const (
+	headerInternalVersion = "X-Gantry-Internal-Version"
+	internalVersion       = "2"
+)
 
 type coalescedReq struct {
 	spec api.TaskSpec
@@ -62,6 +72,7 @@ type coalescedResp struct {
 	res     internalResult
 	err     error
 	notSent bool // nothing reached the leader: the request may be sent again
+	resend  bool // it reached a leader that gave no answer; its key makes sending it again safe
 }
 
 type coalescer struct {
@@ -157,24 +168,42 @@ func (c *coalescer) send(batch []*coalescedReq) {
 		return
 	}
 	li := live[0].li
-	ctx, cancel := context.WithTimeout(context.Background(), coalesceTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(li.HTTP, "/")+pathInternalSubmit, bytes.NewReader(payload))
+	// Take the change channel before checking that li still leads, so that
+	// a change in between is not missed.
+	changed := c.s.m.LeaderChanged()
+	if cur, ok := c.s.m.Leader(); !ok || cur.HTTP != li.HTTP {
+		answer(coalescedResp{err: errLeaderChanged, notSent: true})
+		return
+	}
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, strings.TrimRight(li.HTTP, "/")+pathInternalSubmit, bytes.NewReader(payload))
 	if err != nil {
 		answer(coalescedResp{err: api.Unavailablef(api.CodeUnavailable, "cannot forward to the leader %s at %q: %v", li.ID, li.HTTP, err)})
 		return
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(HeaderForwarded, c.s.m.ID())
-	resp, err := c.s.hc.Do(req)
+	req.Header.Set(headerInternalVersion, internalVersion)
+	resp, cancel, err := c.s.doWatched(req, changed, c.s.opts.ForwardTimeout)
 	if err != nil {
 		if isNotSent(err) {
 			answer(coalescedResp{err: err, notSent: true})
 			return
 		}
-		answer(coalescedResp{err: api.Unavailablef(api.CodeUnavailable, "forwarding to the leader %s failed: %v; the outcome is unknown, retry with the same idempotency key", li.ID, err)})
+		// The leader may or may not have committed them. A keyed
+		// submission may go to the next leader (submitViaLeader decides):
+		// its key finds the task if it was committed. One without a key
+		// cannot be told apart from a new one, so its client hears that
+		// the outcome is unknown, at once rather than at a timeout.
+		for _, r := range live {
+			if r.spec.IdempotencyKey != "" {
+				r.done <- coalescedResp{err: err, resend: true}
+			} else {
+				r.done <- coalescedResp{err: unknownOutcome(li, err)}
+			}
+		}
 		return
 	}
+	defer cancel()
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
@@ -191,8 +220,19 @@ func (c *coalescer) send(batch []*coalescedReq) {
 		return
 	}
 	for i, r := range live {
+		if e := out.Results[i].Error; e != nil {
+			e.Status = api.StatusCode(e.Code) // not on the wire: it is the code's
+			r.done <- coalescedResp{err: e}
+			continue
+		}
 		r.done <- coalescedResp{res: out.Results[i]}
 	}
+}
+
+// unknownOutcome is the answer to a write that reached the leader li and
+// got no answer (err).
+func unknownOutcome(li LeaderInfo, err error) error {
+	return api.Unavailablef(api.CodeUnavailable, "forwarding to the leader %s failed: %v; the outcome is unknown, retry with the same idempotency key", li.ID, err)
 }
 
 // errorFromStatus turns an error answer of the leader into an *api.Error
@@ -209,7 +249,7 @@ func errorFromStatus(status int, body []byte) error {
 // submitViaLeader serves POST /v1/tasks on a follower through the
 // coalescer. It returns an error, having written nothing, only when nothing
 // reached the leader (the caller may retry).
-func (s *Server) submitViaLeader(w http.ResponseWriter, r *http.Request, body []byte, li LeaderInfo) error {
+func (s *Server) submitViaLeader(w http.ResponseWriter, r *http.Request, body []byte, li LeaderInfo, changed <-chan struct{}) error {
 	spec, err := DecodeSubmit(body, r.Header.Get(HeaderIdempotencyKey))
 	if err != nil {
 		writeError(w, err)
@@ -221,6 +261,15 @@ func (s *Server) submitViaLeader(w http.ResponseWriter, r *http.Request, body []
 			return nil // the client went away
 		}
 		return resp.err
+	}
+	if resp.resend {
+		if s.nextLeader(r, changed, resp.err) {
+			return fmt.Errorf("%w: %s: %v", errResend, li.ID, resp.err)
+		}
+		if r.Context().Err() != nil {
+			return nil
+		}
+		resp.err = unknownOutcome(li, resp.err)
 	}
 	if resp.err != nil {
 		writeError(w, resp.err)
@@ -247,14 +296,20 @@ func (s *Server) submitInternal(w http.ResponseWriter, r *http.Request, body []b
 		writeError(w, api.BadRequest("specs", "has %d tasks; between 1 and %d are allowed", len(req.Specs), api.MaxBatchTasks))
 		return
 	}
-	res, err := s.m.Submit(r.Context(), req.Specs)
+	res, err := s.m.Submit(r.Context(), req.Specs, false)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
+	// A follower of an older version reads no per-submission error: it
+	// gets the existing task, as that version answered a reused key.
+	errs := r.Header.Get(headerInternalVersion) >= internalVersion
 	out := internalSubmitResponse{Results: make([]internalResult, len(res))}
 	for i, sr := range res {
 		out.Results[i] = internalResult{Task: sr.Task, Existing: sr.Existing}
+		if sr.Conflict && errs {
+			out.Results[i] = internalResult{Error: api.IdempotencyConflict("idempotency_key", req.Specs[i].IdempotencyKey, sr.Task.ID)}
+		}
 	}
 	writeJSON(w, http.StatusOK, out)
 }

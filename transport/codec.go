@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/gantryhq/gantry/api"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Header names.
@@ -27,7 +28,10 @@ const (
 )
 
 // DecodeJSON decodes body into v strictly: unknown fields, wrong types,
-// trailing data and empty bodies are 400 errors naming the field.
+// a key named twice in one object (anywhere in the body, the payload
+// included: RFC 8259 leaves its meaning open, and encoding/json would keep
+// the last), trailing data and empty bodies are 400 errors naming the
+// field.
 func DecodeJSON(body []byte, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return api.BadRequest("", "the request body is empty; expected a JSON object")
@@ -40,7 +44,48 @@ func DecodeJSON(body []byte, v any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return api.BadRequest("", "unexpected data after the JSON object")
 	}
-	return nil
+	return duplicateKey(body)
+}
+
+// duplicateKey returns the 400 for the first key that body names twice in
+// one object, or nil. The check is one fast validating pass; only a body
+// that fails it (a duplicate, or invalid UTF-8, which encoding/json
+// replaces and this check leaves alone) is read again token by token to
+// find where.
+func duplicateKey(body []byte) error {
+	if jsontext.Value(body).IsValid() {
+		return nil
+	}
+	dec := jsontext.NewDecoder(bytes.NewReader(body), jsontext.AllowInvalidUTF8(true))
+	for {
+		_, err := dec.ReadToken()
+		if err == nil {
+			continue
+		}
+		var se *jsontext.SyntacticError
+		if errors.As(err, &se) && errors.Is(se.Err, jsontext.ErrDuplicateName) {
+			field := pointerField(se.JSONPointer)
+			return api.BadRequest(field, "the key %q appears twice in one object; each key may appear once", se.JSONPointer.LastToken())
+		}
+		return nil
+	}
+}
+
+// pointerField turns a JSON pointer ("/tasks/3/env/A") into the field
+// names errors use ("tasks[3].env.A").
+func pointerField(p jsontext.Pointer) string {
+	var sb strings.Builder
+	for tok := range p.Tokens() {
+		if _, err := strconv.Atoi(tok); err == nil && tok != "" && sb.Len() > 0 {
+			sb.WriteString("[" + tok + "]")
+			continue
+		}
+		if sb.Len() > 0 {
+			sb.WriteByte('.')
+		}
+		sb.WriteString(tok)
+	}
+	return sb.String()
 }
 
 func decodeError(err error) error {

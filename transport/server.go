@@ -5,13 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gantryhq/gantry/api"
@@ -37,9 +40,17 @@ type Master interface {
 	Leader() (LeaderInfo, bool)
 	// AwaitLeader blocks until a leader is known or ctx ends.
 	AwaitLeader(ctx context.Context) (LeaderInfo, error)
+	// LeaderChanged returns a channel closed at the next change of the
+	// leader this master knows (a new one, or none). Taken before Leader,
+	// it tells a follower that the leader it forwarded a request to has
+	// been replaced, so the request can be sent to the next one.
+	LeaderChanged() <-chan struct{}
 
-	// Submit commits new tasks (leader only). Specs are normalized.
-	Submit(ctx context.Context, specs []api.TaskSpec) ([]api.SubmitResult, error)
+	// Submit commits new tasks (leader only). Specs are normalized. With
+	// atomic (one request) a key reused with another spec refuses the
+	// whole request (api.ErrIdempotencyConflict); without it (independent
+	// submissions) each such spec gets a result with Conflict set.
+	Submit(ctx context.Context, specs []api.TaskSpec, atomic bool) ([]api.SubmitResult, error)
 	// Task returns a task; with linearizable set it first confirms this node
 	// still leads (leader only).
 	Task(ctx context.Context, id string, linearizable bool) (api.Task, error)
@@ -78,6 +89,12 @@ type ServerOptions struct {
 	Client *http.Client
 	// Registry, when set, gets the HTTP metrics and is served at /metrics.
 	Registry *prometheus.Registry
+	// ForwardTimeout bounds how long a follower waits for the leader's
+	// answer to a forwarded request (plus the ?wait= of a long poll) before
+	// it gives up on that leader. A leader that is replaced is given up at
+	// once, whatever this says. Zero means 15s; a master sets it from its
+	// raft timers.
+	ForwardTimeout time.Duration
 }
 
 // Server serves gantry's HTTP API v1 for one master.
@@ -98,6 +115,9 @@ type Server struct {
 func NewServer(m Master, opts ServerOptions) *Server {
 	if opts.LeaderWait == 0 {
 		opts.LeaderWait = 5 * time.Second
+	}
+	if opts.ForwardTimeout == 0 {
+		opts.ForwardTimeout = 15 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
@@ -144,7 +164,12 @@ type route struct {
 	maxBytes int64 // body limit
 	// viaLeader, when set, serves the request on a follower instead of a
 	// plain forward (same contract as forward).
-	viaLeader func(w http.ResponseWriter, r *http.Request, body []byte, li LeaderInfo) error
+	viaLeader func(w http.ResponseWriter, r *http.Request, body []byte, li LeaderInfo, changed <-chan struct{}) error
+	// resend reports whether a request that reached a leader which then
+	// gave no answer may be sent again to the next leader: it must mean
+	// the same thing twice (reads, keyed submissions, fenced results, a
+	// policy). Nil means only GET requests may.
+	resend func(r *http.Request, body []byte) bool
 }
 
 func (s *Server) routes() {
@@ -155,7 +180,7 @@ func (s *Server) routes() {
 		"GET":  {h: s.list, leader: true, stale: true},
 	})
 	s.handle("/v1/tasks/batch", map[string]route{
-		"POST": {h: s.submitBatch, leader: true, maxBytes: api.MaxBatchRequestBytes},
+		"POST": {h: s.submitBatch, leader: true, maxBytes: api.MaxBatchRequestBytes, resend: batchKeyed},
 	})
 	s.handle("/v1/tasks/{id}", map[string]route{
 		"GET": {h: s.get, leader: true, stale: true},
@@ -167,11 +192,11 @@ func (s *Server) routes() {
 		"GET": {h: s.cluster, leader: true, stale: true},
 	})
 	s.handle("/v1/results", map[string]route{
-		"POST": {h: s.results, leader: true, maxBytes: api.MaxBatchRequestBytes},
+		"POST": {h: s.results, leader: true, maxBytes: api.MaxBatchRequestBytes, resend: always},
 	})
 	s.handle("/v1/scale", map[string]route{
 		"GET": {h: s.scale, leader: true, stale: true},
-		"PUT": {h: s.setScale, leader: true, maxBytes: api.MaxRequestBytes},
+		"PUT": {h: s.setScale, leader: true, maxBytes: api.MaxRequestBytes, resend: always},
 	})
 	s.handle("/v1/internal/self", map[string]route{"GET": {h: s.self}})
 	s.handle(pathInternalSubmit, map[string]route{
@@ -253,11 +278,16 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, rt route) {
 			}
 		}
 	}
-	// Wait for a leader; if the known leader cannot even be dialed (it just
-	// died and the others have not noticed yet), wait for the next one. A
-	// request that was not sent can be sent again safely.
+	// Wait for a leader and send the request there. A request that was not
+	// sent (the leader could not be dialed: it just died and the others
+	// have not noticed yet) is sent again to the next leader. So is one
+	// that reached a leader which was then replaced, or stopped answering,
+	// when the route says it means the same thing twice: the client sees
+	// one answer within about an election instead of a timeout.
 	deadline := time.Now().Add(s.opts.LeaderWait)
+	resends := 0
 	for {
+		changed := s.m.LeaderChanged()
 		ctx, cancel := context.WithDeadline(r.Context(), deadline)
 		li, err := s.m.AwaitLeader(ctx)
 		cancel()
@@ -265,7 +295,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, rt route) {
 			if r.Context().Err() != nil {
 				return // the client went away
 			}
-			writeError(w, api.Unavailablef(api.CodeNoLeader, "no leader was elected within %s; retry", s.opts.LeaderWait))
+			msg := "no leader was elected within %s; retry"
+			if resends > 0 {
+				msg = "no leader was elected within %s after the leader changed: the outcome is unknown; retry with the same idempotency key"
+			}
+			writeError(w, api.Unavailablef(api.CodeNoLeader, msg, s.opts.LeaderWait))
 			return
 		}
 		if li.Self {
@@ -277,12 +311,31 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, rt route) {
 			return
 		}
 		if rt.viaLeader != nil {
-			err = rt.viaLeader(w, r, body, li)
+			err = rt.viaLeader(w, r, body, li, changed)
 		} else {
-			err = s.forward(w, r, body, li)
+			err = s.forward(w, r, body, li, changed, rt.resend)
 		}
 		if err == nil {
 			return
+		}
+		if errors.Is(err, errResend) {
+			// The leader took the request and was replaced or went
+			// silent: wait (briefly) for raft to move on, then send it
+			// to whoever leads now.
+			resends++
+			if resends > maxResends {
+				writeError(w, api.Unavailablef(api.CodeUnavailable, "the leader changed %d times while the request was in flight (last %v); the outcome is unknown, retry with the same idempotency key", resends, err))
+				return
+			}
+			s.log.Debug("sending the request to the next leader", "leader", li.ID, "path", r.URL.Path, "why", err)
+			deadline = time.Now().Add(s.opts.LeaderWait)
+			select {
+			case <-r.Context().Done():
+				return
+			case <-changed:
+			case <-time.After(leaderRetryDelay):
+			}
+			continue
 		}
 		if time.Now().After(deadline) {
 			writeError(w, api.Unavailablef(api.CodeUnavailable, "the leader %s cannot be reached: %v; retry", li.ID, err))
@@ -300,10 +353,118 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, rt route) {
 // leader it could not dial.
 const leaderRetryDelay = 50 * time.Millisecond
 
+// maxResends bounds how often one request is sent to a new leader after
+// the one it was sent to was replaced or stopped answering.
+const maxResends = 4
+
+// errResend is returned (wrapped) by forward and submitViaLeader, having
+// written nothing, when the request reached a leader that gave no answer
+// and may be sent to the next one.
+var errResend = errors.New("the leader gave no answer")
+
+// Why a forwarded request was given up on, as context causes.
+var (
+	errLeaderChanged  = errors.New("the leader changed before it answered")
+	errForwardTimeout = errors.New("the leader did not answer in time")
+)
+
+// always is a route's resend rule for requests that mean the same thing
+// when sent twice.
+func always(*http.Request, []byte) bool { return true }
+
+// batchKeyed allows a batch to be sent again when every task has an
+// idempotency key.
+func batchKeyed(r *http.Request, body []byte) bool {
+	specs, err := DecodeBatch(body)
+	if err != nil {
+		return true // it is refused for its body wherever it goes
+	}
+	for _, sp := range specs {
+		if sp.IdempotencyKey == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// nextLeader decides whether a request that reached a leader but got no
+// answer (err) goes to the next leader: yes when the leader was replaced
+// meanwhile; when the connection failed or timed out while raft still
+// names the same leader, yes if raft replaces it within LeaderWait (a
+// leader that died is noticed within an election), no otherwise.
+func (s *Server) nextLeader(r *http.Request, changed <-chan struct{}, err error) bool {
+	if errors.Is(err, errLeaderChanged) {
+		return true
+	}
+	t := time.NewTimer(s.opts.LeaderWait)
+	defer t.Stop()
+	select {
+	case <-changed:
+		return true
+	case <-t.C:
+		return false
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+// forwardTimeout is how long a follower waits for the leader's answer to
+// r: ForwardTimeout, plus the long poll asked for.
+func (s *Server) forwardTimeout(r *http.Request) time.Duration {
+	d := s.opts.ForwardTimeout
+	if v := r.URL.Query().Get("wait"); v != "" {
+		if w, err := api.ParseWait(v); err == nil {
+			d += w
+		}
+	}
+	return d
+}
+
+// doWatched sends req and waits for the headers of its answer, giving up
+// with errLeaderChanged when changed closes first, or with
+// errForwardTimeout after timeout (which also bounds reading the body).
+// The returned cancel must be called once the body is read.
+func (s *Server) doWatched(req *http.Request, changed <-chan struct{}, timeout time.Duration) (*http.Response, context.CancelFunc, error) {
+	ctx, cancelCause := context.WithCancelCause(req.Context())
+	ctx, cancelTimeout := context.WithTimeoutCause(ctx, timeout, errForwardTimeout)
+	cancel := func() { cancelTimeout(); cancelCause(nil) }
+	// 0: waiting for the headers; 1: answered; 2: abandoned.
+	var state atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-changed:
+			if state.CompareAndSwap(0, 2) {
+				cancelCause(errLeaderChanged)
+			}
+		case <-done:
+		}
+	}()
+	resp, err := s.hc.Do(req.WithContext(ctx))
+	answered := state.CompareAndSwap(0, 1)
+	close(done)
+	if err == nil && answered {
+		return resp, cancel, nil
+	}
+	if resp != nil {
+		resp.Body.Close()
+	}
+	if cause := context.Cause(ctx); cause != nil && req.Context().Err() == nil && !isNotSent(err) {
+		err = cause
+	} else if err == nil {
+		err = errLeaderChanged
+	}
+	cancel()
+	return nil, nil, err
+}
+
 // forward sends the request to the leader and copies its answer back. It
-// returns an error, having written nothing, only when the request could not
-// be sent at all (the leader refused the connection): the caller may retry.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, li LeaderInfo) error {
+// returns an error, having written nothing, when the request could not be
+// sent at all (the leader refused the connection), or (errResend) when it
+// reached a leader that was then replaced (nextLeader) and resend allows
+// sending it again; the caller may then retry. Any answer of the leader,
+// errors included, is copied back as it is.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, li LeaderInfo, changed <-chan struct{}, resend func(*http.Request, []byte) bool) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -319,13 +480,19 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, li
 		}
 	}
 	req.Header.Set(HeaderForwarded, s.m.ID())
-	resp, err := s.hc.Do(req)
+	resp, cancel, err := s.doWatched(req, changed, s.forwardTimeout(r))
 	if err != nil {
 		if r.Context().Err() != nil {
 			return nil
 		}
 		if isNotSent(err) {
 			return err
+		}
+		if (resend == nil && r.Method == http.MethodGet || resend != nil && resend(r, body)) && s.nextLeader(r, changed, err) {
+			return fmt.Errorf("%w: %s: %v", errResend, li.ID, err)
+		}
+		if r.Context().Err() != nil {
+			return nil
 		}
 		msg := "forwarding to the leader %s failed: %v; retry"
 		if r.Method != http.MethodGet {
@@ -334,6 +501,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, body []byte, li
 		writeError(w, api.Unavailablef(api.CodeUnavailable, msg, li.ID, err))
 		return nil
 	}
+	defer cancel()
 	defer resp.Body.Close()
 	for _, h := range []string{"Content-Type", "Retry-After", "Location", HeaderServedBy} {
 		if v := resp.Header.Get(h); v != "" {
@@ -378,10 +546,51 @@ func DecodeSubmit(body []byte, header string) (api.TaskSpec, error) {
 		}
 		spec.IdempotencyKey = header
 	}
+	if spec.MaxAttempts == 0 && bytes.Contains(body, []byte(`"max_attempts"`)) {
+		var probe struct {
+			MaxAttempts *int `json:"max_attempts"`
+		}
+		if json.Unmarshal(body, &probe) == nil && probe.MaxAttempts != nil {
+			return spec, zeroAttempts("")
+		}
+	}
 	if err := spec.Normalize(""); err != nil {
 		return spec, err
 	}
 	return spec, nil
+}
+
+// zeroAttempts is the 400 for an explicit "max_attempts": 0, which would
+// otherwise be indistinguishable from an absent one (the default, 3).
+func zeroAttempts(prefix string) error {
+	field := "max_attempts"
+	if prefix != "" {
+		field = prefix + "." + field
+	}
+	return api.BadRequest(field, "0 is out of range [1, %d]; leave it out for the default (%d)", api.MaxMaxAttempts, api.DefaultMaxAttempts)
+}
+
+// explicitZeroAttempts returns the index of the first task of a batch body
+// that sets "max_attempts": 0, or -1. Only bodies that mention the field
+// and have a task with 0 (absent or explicit) are read again.
+func explicitZeroAttempts(body []byte, specs []api.TaskSpec) int {
+	if !bytes.Contains(body, []byte(`"max_attempts"`)) || !slices.ContainsFunc(specs, func(s api.TaskSpec) bool { return s.MaxAttempts == 0 }) {
+		return -1
+	}
+	var probe struct {
+		Tasks []struct {
+			MaxAttempts *int `json:"max_attempts"`
+		} `json:"tasks"`
+	}
+	if json.Unmarshal(body, &probe) != nil {
+		return -1
+	}
+	for i, t := range probe.Tasks {
+		if t.MaxAttempts != nil && *t.MaxAttempts == 0 {
+			return i
+		}
+	}
+	return -1
 }
 
 // DecodeBatch decodes and normalizes the body of POST /v1/tasks/batch.
@@ -393,6 +602,9 @@ func DecodeBatch(body []byte) ([]api.TaskSpec, error) {
 		Tasks []api.TaskSpec `json:"tasks"`
 	}
 	if err := DecodeJSON(body, &direct); err == nil && len(direct.Tasks) > 0 && len(direct.Tasks) <= api.MaxBatchTasks {
+		if i := explicitZeroAttempts(body, direct.Tasks); i >= 0 {
+			return nil, zeroAttempts("tasks[" + strconv.Itoa(i) + "]")
+		}
 		ok := true
 		for i := range direct.Tasks {
 			if direct.Tasks[i].Normalize("tasks["+strconv.Itoa(i)+"]") != nil {
@@ -421,6 +633,9 @@ func DecodeBatch(body []byte) ([]api.TaskSpec, error) {
 		prefix := "tasks[" + strconv.Itoa(i) + "]"
 		if err := DecodeJSON(raw, &specs[i]); err != nil {
 			return nil, prefixField(err, prefix)
+		}
+		if specs[i].MaxAttempts == 0 && explicitZeroAttempts([]byte(`{"tasks":[`+string(raw)+`]}`), specs[i:i+1]) == 0 {
+			return nil, zeroAttempts(prefix)
 		}
 		if err := specs[i].Normalize(prefix); err != nil {
 			return nil, err
@@ -474,7 +689,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, body []byte, _ b
 		writeError(w, err)
 		return
 	}
-	res, err := s.m.Submit(r.Context(), []api.TaskSpec{spec})
+	res, err := s.m.Submit(r.Context(), []api.TaskSpec{spec}, true)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -493,7 +708,7 @@ func (s *Server) submitBatch(w http.ResponseWriter, r *http.Request, body []byte
 		writeError(w, err)
 		return
 	}
-	res, err := s.m.Submit(r.Context(), specs)
+	res, err := s.m.Submit(r.Context(), specs, true)
 	if err != nil {
 		writeError(w, err)
 		return

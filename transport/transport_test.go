@@ -32,6 +32,7 @@ type fakeMaster struct {
 	calls     []fakeCall
 	specs     [][]api.TaskSpec
 	keys      map[string]string // idempotency key -> task ID
+	keySpecs  map[string]api.TaskSpec
 	seq       int
 	errs      map[string]error // method name -> error it returns
 	policy    api.ScalePolicy
@@ -50,7 +51,7 @@ var _ Master = (*fakeMaster)(nil)
 func newFakeMaster(id string) *fakeMaster {
 	return &fakeMaster{
 		id: id, changed: make(chan struct{}), awaiting: make(chan struct{}, 1),
-		keys: map[string]string{}, errs: map[string]error{},
+		keys: map[string]string{}, keySpecs: map[string]api.TaskSpec{}, errs: map[string]error{},
 	}
 }
 
@@ -118,6 +119,12 @@ func (f *fakeMaster) Leader() (LeaderInfo, bool) {
 	return f.leader, f.hasLeader
 }
 
+func (f *fakeMaster) LeaderChanged() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
 func (f *fakeMaster) AwaitLeader(ctx context.Context) (LeaderInfo, error) {
 	_ = f.record("AwaitLeader", false, nil)
 	for {
@@ -139,7 +146,7 @@ func (f *fakeMaster) AwaitLeader(ctx context.Context) (LeaderInfo, error) {
 	}
 }
 
-func (f *fakeMaster) Submit(ctx context.Context, specs []api.TaskSpec) ([]api.SubmitResult, error) {
+func (f *fakeMaster) Submit(ctx context.Context, specs []api.TaskSpec, atomic bool) ([]api.SubmitResult, error) {
 	if err := f.record("Submit", true, specs); err != nil {
 		return nil, err
 	}
@@ -155,6 +162,14 @@ func (f *fakeMaster) Submit(ctx context.Context, specs []api.TaskSpec) ([]api.Su
 	out := make([]api.SubmitResult, len(specs))
 	for i, s := range specs {
 		if id, ok := f.keys[s.IdempotencyKey]; ok && s.IdempotencyKey != "" {
+			known := f.keySpecs[s.IdempotencyKey]
+			if !known.Equal(&s) {
+				if atomic {
+					return nil, api.IdempotencyConflict("idempotency_key", s.IdempotencyKey, id)
+				}
+				out[i] = api.SubmitResult{Task: api.Task{ID: id, Args: known.Args, State: api.StatePending}, Existing: true, Conflict: true}
+				continue
+			}
 			out[i] = api.SubmitResult{Task: api.Task{ID: id, Args: s.Args, State: api.StatePending}, Existing: true}
 			continue
 		}
@@ -162,6 +177,7 @@ func (f *fakeMaster) Submit(ctx context.Context, specs []api.TaskSpec) ([]api.Su
 		id := api.FormatTaskID(uint64(f.seq))
 		if s.IdempotencyKey != "" {
 			f.keys[s.IdempotencyKey] = id
+			f.keySpecs[s.IdempotencyKey] = s
 		}
 		out[i] = api.SubmitResult{Task: api.Task{ID: id, Args: s.Args, State: api.StatePending, IdempotencyKey: s.IdempotencyKey}}
 	}
@@ -556,15 +572,22 @@ func TestServer_SubmitNormalizesAndDeduplicates(t *testing.T) {
 	if len(specs) != 1 || fmt.Sprint(specs[0]) != fmt.Sprint(want) {
 		t.Errorf("the master got %+v, want %+v", specs, want)
 	}
-	// The same key again: 200 with the same task; the client says not created.
-	r = doRaw(t, "POST", n.URL()+"/v1/tasks", []byte(`{"args":["echo","hi"],"idempotency_key":"k1"}`), map[string]string{HeaderIdempotencyKey: "k1"})
+	// The same key and task again: 200 with the same task; the client
+	// says not created.
+	r = doRaw(t, "POST", n.URL()+"/v1/tasks", []byte(`{"args":["echo","hi"],"idempotency_key":"k1","payload":{"a":1}}`), map[string]string{HeaderIdempotencyKey: "k1"})
 	if r.Status != http.StatusOK || !strings.Contains(string(r.Body), task.ID) {
 		t.Errorf("resubmit: %d %s, want 200 with %s", r.Status, r.Body, task.ID)
 	}
 	cl := NewClient([]string{n.URL()})
-	got, created, err := cl.Submit(context.Background(), api.TaskSpec{Args: []string{"echo"}, IdempotencyKey: "k1"})
+	got, created, err := cl.Submit(context.Background(), api.TaskSpec{Args: []string{"echo", "hi"}, Payload: json.RawMessage(`{"a": 1}`), IdempotencyKey: "k1"})
 	if err != nil || created || got.ID != task.ID {
 		t.Errorf("client resubmit: %s created %v err %v, want %s not created", got.ID, created, err, task.ID)
+	}
+	// The same key with another task is refused, naming the field.
+	wantError(t, "key reused", doRaw(t, "POST", n.URL()+"/v1/tasks", []byte(`{"args":["echo","DIFFERENT"]}`), map[string]string{HeaderIdempotencyKey: "k1"}),
+		http.StatusUnprocessableEntity, api.CodeIdempotencyConflict, "idempotency_key")
+	if _, _, err := cl.Submit(context.Background(), api.TaskSpec{Args: []string{"echo"}, IdempotencyKey: "k1"}); !errors.Is(err, api.ErrIdempotencyConflict) {
+		t.Errorf("client reuse: %v, want ErrIdempotencyConflict", err)
 	}
 	got, created, err = cl.Submit(context.Background(), api.TaskSpec{Args: []string{"echo"}})
 	if err != nil || !created || got.ID == task.ID {
@@ -578,8 +601,8 @@ func TestServer_SubmitNormalizesAndDeduplicates(t *testing.T) {
 	if err != nil || len(tasks) != 2 {
 		t.Fatalf("batch: %v %v", tasks, err)
 	}
-	if n := len(n.f.callsTo("Submit")); n != 5 {
-		t.Errorf("%d Submit calls, want 5 (the contradicting keys never reach the master)", n)
+	if n := len(n.f.callsTo("Submit")); n != 7 {
+		t.Errorf("%d Submit calls, want 7 (the contradicting keys never reach the master)", n)
 	}
 }
 
@@ -748,7 +771,7 @@ func TestServer_ForwardsOneHopToTheLeader(t *testing.T) {
 // new one and 200 for a key seen before.
 func TestServer_CoalescesFollowerSubmissions(t *testing.T) {
 	follower, leader := forwardSetup(t)
-	r := doRaw(t, "POST", follower.URL()+"/v1/tasks", []byte(`{"args":["true"]}`), map[string]string{HeaderIdempotencyKey: "seen"})
+	r := doRaw(t, "POST", follower.URL()+"/v1/tasks", []byte(`{"args":["echo","seen"]}`), map[string]string{HeaderIdempotencyKey: "seen"})
 	if r.Status != http.StatusCreated {
 		t.Fatalf("first submit: %d %s", r.Status, r.Body)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -35,8 +36,14 @@ func (c *clientFlags) add(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&c.json, "json", false, "print JSON")
 }
 
+// attemptTimeout bounds one request to one master: a master that takes
+// the connection and does not answer (a paused process) is left for the
+// next one after this long, instead of the whole --request-timeout. A
+// commit takes milliseconds; the bound only has to exceed a slow one.
+const attemptTimeout = 3 * time.Second
+
 func (c *clientFlags) client() *transport.Client {
-	return transport.NewClient(splitList(c.addr))
+	return transport.NewClient(splitList(c.addr), transport.WithAttemptTimeout(attemptTimeout))
 }
 
 // retry runs fn until it succeeds, fails with a non-retryable error, or ctx
@@ -156,6 +163,7 @@ func newSubmitCmd() *cobra.Command {
 	f.StringVar(&spec.Timeout, "timeout", "", "kill an attempt after this long (default 30m)")
 	f.IntVar(&spec.MaxAttempts, "max-attempts", 0, "attempts before the task fails (default 3)")
 	f.IntVar(&spec.Priority, "priority", 0, "higher runs first; -1000 to 1000")
+	f.Var(exitCodes{&spec.NoRetryExitCodes}, "no-retry-exit-codes", "exit codes that fail the task at once instead of being retried (comma-separated; \"none\" retries every failure; default: the cluster's, 126 and 127)")
 	f.StringArrayVar(&env, "env", nil, "environment variable NAME=value for the task (repeatable)")
 	f.StringVar(&payload, "payload", "", "payload given on stdin: JSON, or text (sent as a JSON string)")
 	f.StringVar(&payloadFile, "payload-file", "", "read the payload from this file")
@@ -182,8 +190,13 @@ func waitTerminal(ctx context.Context, c *transport.Client, id string) (api.Task
 	}
 }
 
+// exitTimedOut is the exit code of a task whose last attempt timed out, as
+// timeout(1) exits, so that scripts can tell it from the task's own codes.
+const exitTimedOut = 124
+
 // reportFinished prints a finished task's output and turns its outcome into
-// the exit code: the task's exit code, or 1 when it failed without one.
+// the exit code: the task's exit code, 124 when its last attempt timed out,
+// or 1 when it failed without one.
 func reportFinished(cmd *cobra.Command, t api.Task, asJSON bool) error {
 	if asJSON {
 		if err := printJSON(cmd.OutOrStdout(), t); err != nil {
@@ -192,7 +205,7 @@ func reportFinished(cmd *cobra.Command, t api.Task, asJSON bool) error {
 	} else if t.Result != nil {
 		fmt.Fprint(cmd.OutOrStdout(), t.Result.Output)
 		if t.Result.Truncated {
-			fmt.Fprintln(cmd.ErrOrStderr(), "gantry: output truncated at", api.MaxOutputBytes, "bytes")
+			fmt.Fprintf(cmd.ErrOrStderr(), "gantry: the output was longer than %d bytes: its beginning and end are kept, the middle is dropped\n", api.MaxOutputBytes)
 		}
 	}
 	switch t.State {
@@ -209,6 +222,9 @@ func reportFinished(cmd *cobra.Command, t api.Task, asJSON bool) error {
 			if t.Result.ExitCode > 0 {
 				code = t.Result.ExitCode
 			}
+		}
+		if n := len(t.Attempts); n > 0 && t.Attempts[n-1].Outcome == api.OutcomeTimeout {
+			code = exitTimedOut
 		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "gantry: task %s failed after %d attempt(s)", t.ID, t.Attempt)
 		if msg != "" {
@@ -352,15 +368,26 @@ func newStatusCmd() *cobra.Command {
 	var (
 		cf    clientFlags
 		stale bool
+		all   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the leader, masters, workers and task counts",
-		Args:  cobra.NoArgs,
+		Long: `Show the leader, masters, workers and task counts.
+
+Each master is shown at the --addr address it answered on, followed by the
+address it advertises to the cluster when that differs (inside docker
+compose the advertised one only resolves on the compose network). Workers
+that run in a container known to the leader show its name. Departed workers
+(left or dead; gossip forgets them after a while) are counted, and listed
+with --all.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := cf.client()
 			ctx, cancel := context.WithTimeout(cmd.Context(), cf.timeout)
 			defer cancel()
+			reached := make(chan map[string]string, 1)
+			go func() { reached <- reachedAddrs(ctx, c, probeTimeout) }()
 			var st api.ClusterStatus
 			err := retry(ctx, func() (err error) {
 				st, err = c.Cluster(ctx, transport.ReadOptions{Stale: stale})
@@ -369,35 +396,138 @@ func newStatusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			byID := <-reached
 			if cf.json {
-				return printJSON(cmd.OutOrStdout(), st)
+				return printJSON(cmd.OutOrStdout(), withReached(st, byID))
 			}
-			return printStatus(cmd.OutOrStdout(), st)
+			return printStatus(cmd.OutOrStdout(), st, byID, all)
 		},
 	}
 	cf.add(cmd)
 	cmd.Flags().BoolVar(&stale, "stale", false, "ask the first master that answers, without going through the leader")
+	cmd.Flags().BoolVar(&all, "all", false, "also list departed workers (left or dead); --json always lists every worker")
 	return cmd
 }
 
-func printStatus(w io.Writer, st api.ClusterStatus) error {
+// probeTimeout bounds how long status waits for each --addr address to say
+// which master answers there.
+const probeTimeout = 2 * time.Second
+
+// reachedAddrs asks every address of c, at once and for at most timeout,
+// which master answers there, and returns master ID -> address. When two
+// addresses reach the same master the first in the list wins. Addresses
+// that do not answer are left out.
+func reachedAddrs(ctx context.Context, c *transport.Client, timeout time.Duration) map[string]string {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	addrs := c.Addrs()
+	ids := make([]string, len(addrs))
+	var wg sync.WaitGroup
+	for i, a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ns, err := c.SelfAt(ctx, a); err == nil {
+				ids[i] = ns.ID
+			}
+		}()
+	}
+	wg.Wait()
+	out := make(map[string]string)
+	for i, id := range ids {
+		if _, dup := out[id]; id != "" && !dup {
+			out[id] = addrs[i]
+		}
+	}
+	return out
+}
+
+// statusJSON is what `gantry status --json` prints: GET /v1/cluster as is,
+// with each master's reached_addr added.
+type statusJSON struct {
+	api.ClusterStatus
+	Masters []statusMasterJSON `json:"masters"`
+}
+
+// statusMasterJSON is api.MasterStatus plus the address the CLI reached the
+// master by, when it did.
+type statusMasterJSON struct {
+	api.MasterStatus
+	ReachedAddr string `json:"reached_addr,omitempty"`
+}
+
+func withReached(st api.ClusterStatus, reached map[string]string) statusJSON {
+	out := statusJSON{ClusterStatus: st, Masters: make([]statusMasterJSON, len(st.Masters))}
+	for i, m := range st.Masters {
+		out.Masters[i] = statusMasterJSON{MasterStatus: m, ReachedAddr: reached[m.ID]}
+	}
+	return out
+}
+
+// masterAddr is how status shows a master's HTTP address: the one the CLI
+// reached it by, and the advertised one beside it when that differs.
+func masterAddr(advertised, reached string) string {
+	switch {
+	case reached == "":
+		return dash(advertised)
+	case advertised == "" || transport.NormalizeURL(advertised) == reached:
+		return reached
+	default:
+		return reached + " (advertised " + advertised + ")"
+	}
+}
+
+// departed reports whether a worker is gone: it left, or gossip declared it
+// dead.
+func departed(w api.WorkerStatus) bool {
+	return w.State == api.WorkerLeft || w.State == api.WorkerDead
+}
+
+// printStatus prints st as tables. reached maps master IDs to the address
+// the CLI reached them by; departed workers are listed only when all is set.
+func printStatus(w io.Writer, st api.ClusterStatus, reached map[string]string, all bool) error {
 	fmt.Fprintf(w, "leader: %s (term %d)\n\n", dash(st.Leader), st.Term)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MASTER\tROLE\tVOTER\tAPPLIED\tRAFT\tHTTP")
 	for _, m := range st.Masters {
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\t%s\n", m.ID, m.Role, m.Voter, m.AppliedIndex, m.RaftAddr, dash(m.HTTPAddr))
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s\t%s\n", m.ID, m.Role, m.Voter, m.AppliedIndex, m.RaftAddr, masterAddr(m.HTTPAddr, reached[m.ID]))
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "WORKER\tSTATE\tSLOTS\tRUNNING\tHTTP")
-	sort.Slice(st.Workers, func(i, j int) bool { return st.Workers[i].ID < st.Workers[j].ID })
+	fmt.Fprintln(tw, "NAME\tWORKER\tSTATE\tSLOTS\tRUNNING\tHTTP")
+	workers := make([]api.WorkerStatus, 0, len(st.Workers))
+	hidden := 0
 	for _, wk := range st.Workers {
+		if departed(wk) && !all {
+			hidden++
+			continue
+		}
+		workers = append(workers, wk)
+	}
+	label := func(wk api.WorkerStatus) string {
+		if wk.Name != "" {
+			return wk.Name
+		}
+		return wk.ID
+	}
+	sort.Slice(workers, func(i, j int) bool {
+		if a, b := label(workers[i]), label(workers[j]); a != b {
+			return a < b
+		}
+		return workers[i].ID < workers[j].ID
+	})
+	for _, wk := range workers {
 		state := wk.State
 		if wk.Draining {
 			state += " (draining)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", wk.ID, state, wk.Slots, wk.Running, wk.HTTPAddr)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", dash(wk.Name), wk.ID, state, wk.Slots, wk.Running, dash(wk.HTTPAddr))
 	}
-	if len(st.Workers) == 0 {
+	switch {
+	case hidden == 1:
+		fmt.Fprintln(tw, "(1 departed worker hidden; --all shows it)")
+	case hidden > 1:
+		fmt.Fprintf(tw, "(%d departed workers hidden; --all shows them)\n", hidden)
+	case len(workers) == 0:
 		fmt.Fprintln(tw, "(none)")
 	}
 	fmt.Fprintln(tw)

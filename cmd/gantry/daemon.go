@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -174,6 +175,7 @@ func newMasterCmd() *cobra.Command {
 	f.DurationVar(&cfg.WorkerTimeout, "worker-timeout", master.Defaults.WorkerTimeout, "a worker that does not answer for this long loses its attempts")
 	f.DurationVar(&cfg.WorkerCheckInterval, "worker-check-interval", master.Defaults.WorkerCheckInterval, "how often the leader asks each worker what it runs")
 	f.DurationVar(&cfg.RetryBackoff, "retry-backoff", master.Defaults.RetryBackoff, "base of the exponential delay before a failed attempt is retried")
+	f.Var(exitCodes{&cfg.NoRetryExitCodes}, "no-retry-exit-codes", "exit codes that fail a task at once, without retries, when its spec names none (comma-separated; \"none\" retries every failure; default 126,127)")
 	f.DurationVar(&cfg.Retention, "retention", master.Defaults.Retention, "terminal tasks (and their idempotency keys) are forgotten after this long")
 	f.DurationVar(&leaderWait, "leader-wait", 5*time.Second, "how long a request waits for a leader before it gets 503")
 	f.StringVar(&pprofAddr, "pprof", "", "serve Go's profiling endpoints (/debug/pprof/) on this address, e.g. 127.0.0.1:6060 (off when empty; keep it private)")
@@ -183,6 +185,41 @@ func newMasterCmd() *cobra.Command {
 	f.DurationVar(&cfg.WorkerStopTimeout, "worker-stop-timeout", master.Defaults.WorkerStopTimeout, "SIGTERM to SIGKILL when the leader removes a worker container")
 	return cmd
 }
+
+// exitCodes is a flag holding a list of exit codes; "none" is the empty
+// list (retry every failure).
+type exitCodes struct{ codes *[]int }
+
+func (e exitCodes) String() string {
+	if e.codes == nil || *e.codes == nil {
+		return "" // the default: said in each flag's usage
+	}
+	if len(*e.codes) == 0 {
+		return "none"
+	}
+	parts := make([]string, len(*e.codes))
+	for i, c := range *e.codes {
+		parts[i] = strconv.Itoa(c)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (e exitCodes) Set(v string) error {
+	out := []int{}
+	if v = strings.TrimSpace(v); v != "none" && v != "" {
+		for _, p := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(p))
+			if err != nil || n < 1 || n > 255 {
+				return fmt.Errorf("%q is not an exit code from 1 to 255", p)
+			}
+			out = append(out, n)
+		}
+	}
+	*e.codes = out
+	return nil
+}
+
+func (exitCodes) Type() string { return "codes" }
 
 // defaultRaftAdvertise picks this master's address from the peer list (it is
 // what the others dial), else the bind address.
@@ -210,7 +247,7 @@ func runMaster(cfg master.Config, httpAddr string, leaderWait time.Duration, log
 		return err
 	}
 	srv := &http.Server{
-		Handler:           transport.NewServer(m, transport.ServerOptions{LeaderWait: leaderWait, Logger: log, Registry: m.Registry()}),
+		Handler:           transport.NewServer(m, transport.ServerOptions{LeaderWait: leaderWait, Logger: log, Registry: m.Registry(), ForwardTimeout: m.ForwardTimeout()}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}

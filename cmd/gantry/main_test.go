@@ -180,7 +180,7 @@ func TestReportFinished(t *testing.T) {
 		{
 			name:   "succeeded with truncated output",
 			task:   api.Task{ID: "t1", State: api.StateSucceeded, Attempt: 1, Result: &api.Result{Output: "lots", Truncated: true}},
-			stdout: "lots", stderrHas: "truncated",
+			stdout: "lots", stderrHas: "the middle is dropped",
 		},
 		{
 			name:   "failed with exit code 3",
@@ -194,9 +194,16 @@ func TestReportFinished(t *testing.T) {
 			code: 255, stderrHas: "failed after 3 attempt(s)",
 		},
 		{
-			name: "timed out without an exit code",
-			task: api.Task{ID: "t3", State: api.StateFailed, Attempt: 2, Result: &api.Result{ExitCode: -1, Error: "timed out after 1s"}},
-			code: 1, stderrHas: "timed out after 1s",
+			name: "timed out: 124, as timeout(1) exits",
+			task: api.Task{ID: "t3", State: api.StateFailed, Attempt: 2, Result: &api.Result{ExitCode: -1, Error: "timeout after 1s"},
+				Attempts: []api.AttemptRecord{{Attempt: 1, Outcome: api.OutcomeFailed}, {Attempt: 2, Outcome: api.OutcomeTimeout}}},
+			code: 124, stderrHas: "timeout after 1s",
+		},
+		{
+			name: "failed after an earlier timeout: the last attempt's code",
+			task: api.Task{ID: "t3", State: api.StateFailed, Attempt: 2, Result: &api.Result{ExitCode: 5},
+				Attempts: []api.AttemptRecord{{Attempt: 1, Outcome: api.OutcomeTimeout}, {Attempt: 2, Outcome: api.OutcomeFailed}}},
+			code: 5, stderrHas: "failed after 2 attempt(s)",
 		},
 		{
 			name: "failed without a result",
@@ -486,5 +493,143 @@ func TestBench_RefusesBadFlags(t *testing.T) {
 		if err := cmd.Execute(); err == nil {
 			t.Errorf("%q: no error", args)
 		}
+	}
+}
+
+// fakeStatusMasters starts one fake master per ID, each answering GET
+// /v1/internal/self with its ID and GET /v1/cluster with what status returns
+// at the time. It returns their URLs.
+func fakeStatusMasters(t *testing.T, status func() api.ClusterStatus, ids ...string) []string {
+	t.Helper()
+	var urls []string
+	for _, id := range ids {
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /v1/internal/self", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(api.NodeStatus{ID: id})
+		})
+		mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(status())
+		})
+		srv := httptest.NewServer(mux)
+		t.Cleanup(srv.Close)
+		urls = append(urls, srv.URL)
+	}
+	return urls
+}
+
+// rowOf returns the line of out whose first column is first, or fails.
+func rowOf(t *testing.T, out, first string) string {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == first {
+			return l
+		}
+	}
+	t.Fatalf("no row %q in:\n%s", first, out)
+	return ""
+}
+
+// lineWith returns the first line of out that contains s, or fails.
+func lineWith(t *testing.T, out, s string) string {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, s) {
+			return l
+		}
+	}
+	t.Fatalf("no line with %q in:\n%s", s, out)
+	return ""
+}
+
+func TestStatus_ReachedAddressesNamesAndDepartedWorkers(t *testing.T) {
+	st := api.ClusterStatus{
+		Leader: "m1", Term: 4,
+		Masters: []api.MasterStatus{
+			{ID: "m1", Role: "leader", Voter: true, RaftAddr: "master-1:7000", HTTPAddr: "http://master-1:8080"},
+			{ID: "m2", Role: "follower", Voter: true, RaftAddr: "master-2:7000", HTTPAddr: "http://master-2:8080"},
+			{ID: "m3", Role: "follower", Voter: true, RaftAddr: "master-3:7000"}, // advertised set below
+			{ID: "m4", Role: "unknown", Voter: true, RaftAddr: "master-4:7000", HTTPAddr: "http://master-4:8080"},
+		},
+		Workers: []api.WorkerStatus{
+			{ID: "3f2a9c1d7b4e", Name: "gantry_worker_1", State: api.WorkerAlive, Slots: 4, HTTPAddr: "http://172.18.0.7:8090"},
+			{ID: "gantry-managed-1", Name: "gantry-managed-1", State: api.WorkerAlive, Slots: 4, HTTPAddr: "http://gantry-managed-1:8090"},
+			{ID: "gantry-managed-2", Name: "gantry-managed-2", State: api.WorkerLeft, Draining: true, Slots: 4},
+			{ID: "9e8d7c6b5a4f", State: api.WorkerDead, Slots: 4},
+		},
+	}
+	// m1 and m2 advertise compose names; m3 advertises the very address the
+	// CLI reaches it by; m4 is not reached (the last address is down).
+	var mu sync.Mutex
+	status := func() api.ClusterStatus {
+		mu.Lock()
+		defer mu.Unlock()
+		return st
+	}
+	urls := fakeStatusMasters(t, status, "m1", "m2", "m3")
+	mu.Lock()
+	st.Masters[2].HTTPAddr = urls[2] + "/"
+	mu.Unlock()
+	addr := strings.Join(append(urls, "http://127.0.0.1:1"), ",")
+
+	out, _, err := execute(t, "status", "--addr", addr, "--request-timeout", "10s")
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	if l := rowOf(t, out, "m1"); !strings.Contains(l, urls[0]+" (advertised http://master-1:8080)") {
+		t.Errorf("m1: %q, want the reached %s beside the advertised address", l, urls[0])
+	}
+	if l := rowOf(t, out, "m2"); !strings.Contains(l, urls[1]+" (advertised http://master-2:8080)") {
+		t.Errorf("m2: %q, want the reached %s beside the advertised address", l, urls[1])
+	}
+	if l := rowOf(t, out, "m3"); !strings.Contains(l, urls[2]) || strings.Contains(l, "advertised") {
+		t.Errorf("m3: %q, want only %s (advertised and reached are the same)", l, urls[2])
+	}
+	if l := rowOf(t, out, "m4"); !strings.Contains(l, "http://master-4:8080") || strings.Contains(l, "advertised") {
+		t.Errorf("m4: %q, want only the advertised address (not reached)", l)
+	}
+	if l := rowOf(t, out, "gantry_worker_1"); !strings.Contains(l, " 3f2a9c1d7b4e ") {
+		t.Errorf("compose worker: %q, want it named by its container", l)
+	}
+	lineWith(t, out, "gantry-managed-1")
+	for _, gone := range []string{"gantry-managed-2", "9e8d7c6b5a4f"} {
+		if strings.Contains(out, gone) {
+			t.Errorf("departed worker %s listed without --all:\n%s", gone, out)
+		}
+	}
+	lineWith(t, out, "(2 departed workers hidden; --all shows them)")
+
+	out, _, err = execute(t, "status", "--addr", addr, "--request-timeout", "10s", "--all")
+	if err != nil {
+		t.Fatalf("status --all: %v", err)
+	}
+	if l := lineWith(t, out, "gantry-managed-2"); !strings.Contains(l, "left (draining)") {
+		t.Errorf("--all: %q, want the left worker", l)
+	}
+	lineWith(t, out, "9e8d7c6b5a4f")
+	if strings.Contains(out, "hidden") {
+		t.Errorf("--all still hides workers:\n%s", out)
+	}
+
+	out, _, err = execute(t, "status", "--addr", addr, "--request-timeout", "10s", "--json")
+	if err != nil {
+		t.Fatalf("status --json: %v", err)
+	}
+	var got struct {
+		api.ClusterStatus
+		Masters []struct {
+			api.MasterStatus
+			ReachedAddr string `json:"reached_addr"`
+		} `json:"masters"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("--json printed %q: %v", out, err)
+	}
+	if len(got.Masters) != 4 || got.Masters[0].HTTPAddr != "http://master-1:8080" || got.Masters[0].ReachedAddr != urls[0] || got.Masters[3].ReachedAddr != "" {
+		t.Errorf("--json masters %+v, want the API's with reached_addr added", got.Masters)
+	}
+	if len(got.Workers) != 4 || got.Workers[0].Name != "gantry_worker_1" {
+		t.Errorf("--json workers %+v, want all four as the API sent them", got.Workers)
 	}
 }

@@ -7,7 +7,9 @@
 // container the master runs in (located through /proc/self/mountinfo);
 // Config.Image and Config.Network override them. Every container carries the
 // labels io.gantry.cluster, io.gantry.role=worker and io.gantry.managed=true,
-// which is how List finds them and how `make down` removes them.
+// which is how List finds them and how `make down` removes them. ListCluster
+// also finds the workers compose started (io.gantry.managed=false), so the
+// leader can show every worker by its container name.
 package docker
 
 import (
@@ -67,7 +69,10 @@ type Runtime struct {
 	resolved bool   // guarded by mu
 }
 
-var _ master.Runtime = (*Runtime)(nil)
+var (
+	_ master.Runtime       = (*Runtime)(nil)
+	_ master.ClusterLister = (*Runtime)(nil)
+)
 
 // New returns a runtime using the environment's Docker settings
 // (DOCKER_HOST etc., default the local socket) with API version
@@ -163,10 +168,25 @@ func (r *Runtime) Describe(ctx context.Context) (string, error) {
 
 // List implements master.Runtime.
 func (r *Runtime) List(ctx context.Context) ([]master.Container, error) {
-	list, err := r.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+	return r.list(ctx, filters.NewArgs(
 		filters.Arg("label", LabelCluster+"="+r.cfg.Cluster),
 		filters.Arg("label", LabelManaged+"=true"),
-	)})
+	))
+}
+
+// ListCluster implements master.ClusterLister: every container labelled as
+// a worker of this cluster, the managed ones and those compose (or anyone
+// else) started.
+func (r *Runtime) ListCluster(ctx context.Context) ([]master.Container, error) {
+	return r.list(ctx, filters.NewArgs(
+		filters.Arg("label", LabelCluster+"="+r.cfg.Cluster),
+		filters.Arg("label", LabelRole+"=worker"),
+	))
+}
+
+// list returns the containers, in any state, that match f.
+func (r *Runtime) list(ctx context.Context, f filters.Args) ([]master.Container, error) {
+	list, err := r.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}

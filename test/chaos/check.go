@@ -172,12 +172,39 @@ func (c *Checker) Run(ctx context.Context, rep *Report) {
 	}
 
 	c.checkTasks(rep, acked, byKey)
+	c.checkReuse(rep, ops)
 	c.checkLedger(ctx, rep, acked, byKey)
 	c.checkStale(ctx, rep)
 	c.checkDigests(ctx, rep)
 	c.checkLinearizable(rep, ops)
 	c.checkContainers(ctx, rep)
 	c.availability(rep, ops)
+}
+
+// checkReuse: a key sent again with another task is refused with
+// idempotency_key_conflict whenever an answer came back; never answered
+// with a task. (checkTasks sees that it created none.)
+func (c *Checker) checkReuse(rep *Report, ops []Op) {
+	refused, unknown := 0, 0
+	var bad []string
+	for _, op := range ops {
+		if op.Kind != OpReuse {
+			continue
+		}
+		switch op.Outcome {
+		case OutcomeFail:
+			refused++
+		case OutcomeOK:
+			bad = append(bad, fmt.Sprintf("%s answered with task %s by %s", op.Key, op.TaskID, op.Master))
+		default:
+			unknown++
+		}
+	}
+	detail := fmt.Sprintf("%d reused keys refused with idempotency_key_conflict, %d without an answer", refused, unknown)
+	if len(bad) > 0 {
+		detail = fmt.Sprintf("%d reused keys answered with a task: %s", len(bad), strings.Join(bad[:min(len(bad), 5)], "; "))
+	}
+	rep.add(Check{Name: "a key reused with another task is refused", OK: len(bad) == 0, Detail: detail})
 }
 
 // checkTasks: nothing lost, one task per key, terminal exactly once with a
@@ -446,7 +473,7 @@ type lin struct {
 func (c *Checker) checkLinearizable(rep *Report, ops []Op) {
 	var h []porcupine.Operation
 	for _, op := range ops {
-		if op.Outcome != OutcomeOK || op.TaskID == "" {
+		if op.Outcome != OutcomeOK || op.TaskID == "" || op.Kind == OpReuse {
 			continue
 		}
 		out := op.State

@@ -173,3 +173,21 @@ func TestAvailability_LongestGapPerFault(t *testing.T) {
 		t.Fatalf("gap %s, want 24.5s", got)
 	}
 }
+
+func TestCheckReuse(t *testing.T) {
+	c := &Checker{}
+	for _, tt := range []struct {
+		ops  []Op
+		want bool
+	}{
+		{[]Op{{Kind: OpReuse, Outcome: OutcomeFail, Error: "idempotency_key_conflict"}, {Kind: OpReuse, Outcome: OutcomeUnknown}}, true},
+		{[]Op{{Kind: OpReuse, Outcome: OutcomeFail}, {Kind: OpReuse, Key: "k", TaskID: "t", Outcome: OutcomeOK}}, false},
+		{[]Op{{Kind: OpSubmit, Outcome: OutcomeOK}}, true},
+	} {
+		rep := &Report{}
+		c.checkReuse(rep, tt.ops)
+		if len(rep.Checks) != 1 || rep.Checks[0].OK != tt.want {
+			t.Errorf("%+v: %+v, want ok=%v", tt.ops, rep.Checks, tt.want)
+		}
+	}
+}

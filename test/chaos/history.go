@@ -25,6 +25,10 @@ import (
 const (
 	OpSubmit = "submit"
 	OpRead   = "read"
+	// OpReuse submits an acknowledged key again with another task: it
+	// must be refused (422 idempotency_key_conflict), never answered with
+	// a task.
+	OpReuse = "reuse"
 )
 
 // Op outcomes.

@@ -123,6 +123,11 @@ func (w *Workload) client(c int, drain context.Context) {
 				w.readOne(c, t, pick(), clients)
 			}
 		}
+		if rng.Float64() < reuseRatio {
+			if t, ok := w.randomAcked(rng); ok {
+				w.reuseOne(c, t, pick(), clients)
+			}
+		}
 		sleep(drain, w.Pause)
 	}
 }
@@ -179,6 +184,34 @@ func (w *Workload) randomAcked(rng *rand.Rand) (ackedTask, bool) {
 		return ackedTask{}, false
 	}
 	return w.acked[rng.IntN(len(w.acked))], true
+}
+
+// reuseRatio is the chance, after each submission, that a client sends an
+// acknowledged key again with another task (a user's mistake the cluster
+// must refuse).
+const reuseRatio = 0.05
+
+// reuseOne submits t's key with a task that differs from its own by one
+// argument, once.
+func (w *Workload) reuseOne(c int, t ackedTask, m string, clients map[string]*transport.Client) {
+	spec := w.Target.TaskSpec(t.key)
+	spec.IdempotencyKey = t.key
+	spec.Args = append(append([]string(nil), spec.Args...), "reused")
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), w.RequestTimeout)
+	got, _, err := clients[m].Submit(ctx, spec)
+	cancel()
+	op := Op{Client: c, Kind: OpReuse, Key: t.key, TaskID: got.ID, Master: m, Start: w.History.Since(start), End: w.History.Since(time.Now())}
+	var e *api.Error
+	switch {
+	case err == nil:
+		op.Outcome = OutcomeOK
+	case errors.As(err, &e) && e.Code == api.CodeIdempotencyConflict:
+		op.Outcome, op.Error = OutcomeFail, e.Code
+	default:
+		op.Outcome, op.Error = OutcomeUnknown, err.Error()
+	}
+	w.History.Add(op)
 }
 
 // readOne reads a task through a master, linearizably (through the leader).

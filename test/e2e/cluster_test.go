@@ -24,6 +24,115 @@ func TestE2E_Cluster(t *testing.T) {
 	t.Run("SubmitToEveryMaster", func(t *testing.T) { testSubmitToEveryMaster(t, c) })
 	t.Run("KillLeaderMidLoad", func(t *testing.T) { testKillLeaderMidLoad(t, c) })
 	t.Run("PauseLeader", func(t *testing.T) { testPauseLeader(t, c) })
+	t.Run("PauseLeaderUnderLoad", func(t *testing.T) { testPauseLeaderUnderLoad(t, c) })
+}
+
+// testPauseLeaderUnderLoad: docker pause the leader for 10 s while clients
+// submit through the followers, each request sent once with the CLI's
+// default 30 s timeout. A follower holding a request for the paused leader
+// must send it to the new leader when raft elects one: every request
+// succeeds, none takes longer than 3 s plus the election, no key has two
+// tasks (issue 10, point 1: each such request used to fail after 30 s).
+func testPauseLeaderUnderLoad(t *testing.T, c *Cluster) {
+	leader := c.WaitLeader(t, 60*time.Second, -1)
+	idx := MasterIndex(leader)
+	name := c.ContainerOf(leader)
+	var followers []*transport.Client
+	for i := 1; i <= 3; i++ {
+		if i != idx {
+			followers = append(followers, c.ClientFor(fmt.Sprintf("m%d", i)))
+		}
+	}
+	type sample struct {
+		key, id string
+		started time.Time
+		took    time.Duration
+		err     error
+	}
+	var (
+		mu      sync.Mutex
+		samples []sample
+		wg      sync.WaitGroup
+		stop    atomic.Bool
+	)
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			cl := followers[w%len(followers)]
+			for i := 0; i < 5000 && !stop.Load(); i++ {
+				key := fmt.Sprintf("pauseload-c%d-%d", w, i)
+				spec := Exec("echo " + key)
+				spec.IdempotencyKey = key
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				start := time.Now()
+				task, _, err := cl.Submit(ctx, spec)
+				cancel()
+				mu.Lock()
+				samples = append(samples, sample{key, task.ID, start, time.Since(start), err})
+				mu.Unlock()
+				time.Sleep(50 * time.Millisecond)
+			}
+		}(w)
+	}
+	finished := false
+	finish := func() {
+		if !finished {
+			finished = true
+			stop.Store(true)
+			wg.Wait()
+		}
+	}
+	defer finish()
+	time.Sleep(2 * time.Second)
+	pausedAt := time.Now()
+	t.Logf("pausing the leader %s (%s) under load", leader, name)
+	Pause(t, name)
+	unpaused := false
+	defer func() {
+		if !unpaused {
+			docker("unpause", name)
+		}
+	}()
+	newLeader := c.WaitLeader(t, 60*time.Second, idx)
+	elected := time.Since(pausedAt)
+	t.Logf("new leader %s seen %s after the pause", newLeader, elected.Round(10*time.Millisecond))
+	time.Sleep(10*time.Second - time.Since(pausedAt))
+	Unpause(t, name)
+	unpaused = true
+	time.Sleep(2 * time.Second)
+	finish()
+
+	bound := elected + 3*time.Second
+	acked := map[string]string{}
+	var longest time.Duration
+	for _, s := range samples {
+		if s.err != nil {
+			t.Errorf("key %s, sent %s after the pause, failed after %s: %v", s.key, s.started.Sub(pausedAt).Round(time.Millisecond), s.took.Round(time.Millisecond), s.err)
+			continue
+		}
+		if s.took > bound {
+			t.Errorf("key %s, sent %s after the pause, took %s: more than the election (%s) plus 3 s", s.key, s.started.Sub(pausedAt).Round(time.Millisecond), s.took.Round(time.Millisecond), elected.Round(time.Millisecond))
+		}
+		longest = max(longest, s.took)
+		acked[s.key] = s.id
+	}
+	t.Logf("%d requests through the followers, longest %s", len(samples), longest.Round(time.Millisecond))
+	perKey := map[string][]string{}
+	for _, task := range c.AllTasks(t) {
+		if strings.HasPrefix(task.IdempotencyKey, "pauseload-") {
+			perKey[task.IdempotencyKey] = append(perKey[task.IdempotencyKey], task.ID)
+		}
+	}
+	for key, id := range acked {
+		if ids := perKey[key]; len(ids) != 1 || ids[0] != id {
+			t.Errorf("key %s was acknowledged as %s; the cluster holds %v", key, id, ids)
+		}
+	}
+	if len(perKey) != len(acked) {
+		t.Errorf("%d keys hold tasks, %d were acknowledged", len(perKey), len(acked))
+	}
+	c.WaitCaughtUp(t, leader, 120*time.Second)
 }
 
 // testSubmitToEveryMaster submits through each published port alone
